@@ -1,0 +1,63 @@
+"""Data sources of a run: the train and test sets of the config's data set, and their loaders.
+
+Every training item is (image, target, index). The order of epoch e is a permutation drawn
+from (seed, e) alone, so a resumed run sees the same batches, and each DDP rank takes its own
+shard of that permutation.
+"""
+import zlib
+
+import torch
+
+from .cifar100 import IndexedImages, ensure_cifar100, read_split, test_transform, train_transform
+from .synthetic import write_synthetic_cifar100
+
+
+def prepare_data(cfg):
+    """Make sure the config's data set is on disk in CIFAR-100 format under data_dir."""
+    if cfg.dataset == "synthetic":
+        write_synthetic_cifar100(cfg.data_dir, cfg.synthetic_train_size, cfg.synthetic_test_size,
+                                 seed=cfg.seed, noise=cfg.synthetic_noise)
+    else:
+        ensure_cifar100(cfg.data_dir, cfg.download)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """This rank's share of the permutation of epoch `set_epoch(e)`, drawn from (seed, e)."""
+
+    def __init__(self, size, seed, rank=0, world_size=1):
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def permutation(self):
+        g = torch.Generator().manual_seed(zlib.crc32(repr((self.seed, self.epoch)).encode()))
+        return torch.randperm(self.size, generator=g)
+
+    def __iter__(self):
+        return iter(self.permutation()[self.rank::self.world_size].tolist())
+
+    def __len__(self):
+        return len(range(self.rank, self.size, self.world_size))
+
+
+def build_train_loader(cfg, rank=0, world_size=1):
+    images, targets = read_split(cfg.data_dir, "train")
+    data = IndexedImages(images, targets, train_transform())
+    per_rank = cfg.batch_size // world_size
+    sampler = EpochSampler(len(data), cfg.seed, rank, world_size)
+    return torch.utils.data.DataLoader(
+        data, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers,
+        pin_memory=torch.cuda.is_available(), drop_last=cfg.fast,
+        persistent_workers=False)
+
+
+def build_test_loader(data_dir, batch_size=256, num_workers=0, download=True):
+    ensure_cifar100(data_dir, download)
+    images, targets = read_split(data_dir, "test")
+    data = IndexedImages(images, targets, test_transform())
+    return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False,
+                                       num_workers=num_workers,
+                                       pin_memory=torch.cuda.is_available())
+

@@ -1,0 +1,83 @@
+"""The distiller interface shared by every method, and the plain cross-entropy "distiller".
+
+A distiller is the model the loop trains: it owns the student and the method's extra trainable
+modules, and returns the student logits with a dict of named, already weighted losses:
+
+    total = gamma * CE + alpha * KD_T + beta * L_method          (the paper's code)
+
+The weights are applied here, in `forward`, and nowhere else. A method implements
+`method_losses` and returns its terms unweighted by beta (internal weights such as RKD's 25/50
+or ASKD's w_rs/w_cs are part of the method and applied inside it).
+
+The teacher is held outside the module tree: it is not in `parameters()`, `state_dict()`, any
+optimizer or any DDP wrapper; it stays in eval mode with gradients off.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .functional import hinton_kd
+
+
+class Distiller(nn.Module):
+    needs_feats = True  # False: the method only needs logits, so skip is_feat=True
+
+    def __init__(self, student, teacher, cfg, train_targets=None):
+        super().__init__()
+        self.student = student
+        self._teacher = (teacher,) if teacher is not None else ()
+        if teacher is not None:
+            teacher.eval()
+            teacher.requires_grad_(False)
+        self.gamma, self.alpha, self.beta = float(cfg.gamma), float(cfg.alpha), float(cfg.beta)
+        self.kd_T = float(cfg.kd_T)
+
+    @property
+    def teacher(self):
+        return self._teacher[0] if self._teacher else None
+
+    @staticmethod
+    @torch.no_grad()
+    def probe_feats(model, batch=2):
+        """Feature list of a dry forward pass in eval mode (BN statistics untouched): shapes only."""
+        param = next(model.parameters())
+        was_training = model.training
+        model.eval()
+        feats, _ = model(torch.zeros(batch, 3, 32, 32, dtype=param.dtype, device=param.device),
+                         is_feat=True)
+        model.train(was_training)
+        return feats
+
+    def forward(self, image, target, index=None):
+        if self.needs_feats:
+            feats_s, logits_s = self.student(image, is_feat=True)
+        else:
+            feats_s, logits_s = None, self.student(image)
+        losses = {"ce": self.gamma * F.cross_entropy(logits_s, target)}
+        if self.teacher is None:
+            return logits_s, losses
+        with torch.no_grad():
+            feats_t, logits_t = self.teacher(image, is_feat=True)
+        if self.alpha:
+            losses["kd"] = self.alpha * hinton_kd(logits_s, logits_t, self.kd_T)
+        if self.beta:
+            terms = self.method_losses(feats_s, logits_s, feats_t, logits_t, target, index)
+            losses.update({name: self.beta * value for name, value in terms.items()})
+        return logits_s, losses
+
+    def method_losses(self, feats_s, logits_s, feats_t, logits_t, target, index):
+        """The method's own terms, unweighted by beta: {name: scalar tensor}."""
+        return {}
+
+    def init_stage(self):
+        """None, or (module to train, loss function(image, target, index) -> {name: loss})
+        for a stage of `init_epochs` before the main training (FSP's)."""
+        return None
+
+
+class Vanilla(Distiller):
+    """Plain cross-entropy training of one model (teachers, vanilla students): no teacher."""
+    needs_feats = False
+
+    def __init__(self, student, teacher, cfg, train_targets=None):
+        super().__init__(student, None, cfg)

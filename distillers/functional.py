@@ -1,0 +1,141 @@
+"""Loss arithmetic shared by the distillers: plain functions of tensors, no parameters.
+
+Features are those of `model(x, is_feat=True, preact=False)`: 4-d maps (B, C, H, W) and a
+final pooled vector (B, D). Teacher tensors arrive without gradient; where a loss treats the
+teacher side specially (the distance normalisation) it says so.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def hinton_kd(logits_s, logits_t, T):
+    """Hinton et al., "Distilling the Knowledge in a Neural Network" (2015).
+
+    KL(softmax(t / T) || softmax(s / T)), summed over classes, averaged over the batch, times T^2.
+    """
+    log_p_s = F.log_softmax(logits_s / T, dim=1)
+    p_t = F.softmax(logits_t / T, dim=1)
+    return F.kl_div(log_p_s, p_t, reduction="sum") * T ** 2 / logits_s.shape[0]
+
+
+# -- normalised pairwise distances (RKD across samples, ASKD within a sample) ------------------
+
+def normalized_distances(x, dim):
+    """Pairwise Euclidean distances between the points indexed by `dim`, over the mean distance.
+
+    The dimensions before `dim` are batch dimensions, those after it (flattened, possibly none)
+    are the coordinates of a point: x of shape (*batch, M, *coords) gives (*batch, M, M) with
+    d[..., i, j] = sqrt(max(||x_i - x_j||^2, 1e-12)), the diagonal set to 0, all divided by the
+    mean of the positive entries of the whole result (RKD's and ASKD's normalisation).
+    RKD: x (B, D), dim 0. ASKD class structure: logits (B, K), dim 1 (scalar points).
+    """
+    dim = dim % x.dim()
+    points = x.reshape(*x.shape[:dim + 1], -1)                       # (*batch, M, D)
+    diff = points.unsqueeze(-2) - points.unsqueeze(-3)               # (*batch, M, M, D)
+    d = diff.pow(2).sum(-1).clamp(min=1e-12).sqrt()
+    eye = torch.eye(d.shape[-1], dtype=torch.bool, device=d.device)
+    d = d.masked_fill(eye, 0.0)
+    # mean over the positive entries; d >= 0, so their sum is the sum of all (no host sync)
+    return d / (d.sum() / (d > 0).sum())
+
+
+def distance_structure_loss(x_s, x_t, dim):
+    """Smooth L1 (beta 1, mean over all entries) between the student's and the teacher's
+    `normalized_distances`; the teacher's are computed without gradient, the student's
+    normalising mean keeps its gradient (as RKD's distance term and both ASKD losses)."""
+    with torch.no_grad():
+        target = normalized_distances(x_t, dim)
+    return F.smooth_l1_loss(normalized_distances(x_s, dim), target)
+
+
+def rkd_angle(f_s, f_t):
+    """RKD angle term: smooth L1 between the cosines <e_ij, e_kj> of the normalised difference
+    vectors e_ij = normalize(x_i - x_j) of every triplet (teacher side without gradient)."""
+    def angles(x):
+        x = x.flatten(1)
+        e = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2)  # e[i, j] = x_j - x_i
+        return torch.bmm(e, e.transpose(1, 2))
+    with torch.no_grad():
+        target = angles(f_t)
+    return F.smooth_l1_loss(angles(f_s), target)
+
+
+# -- feature-map methods -----------------------------------------------------------------------
+
+def pool_to_smaller(a, b):
+    """Adaptive-average-pool the spatially larger of two maps to the other's (square) size."""
+    if a.shape[2] > b.shape[2]:
+        a = F.adaptive_avg_pool2d(a, (b.shape[2], b.shape[2]))
+    elif a.shape[2] < b.shape[2]:
+        b = F.adaptive_avg_pool2d(b, (a.shape[2], a.shape[2]))
+    return a, b
+
+
+def attention_map(f, p=2):
+    """Zagoruyko & Komodakis, "Paying More Attention to Attention" (2017):
+    Q = normalize(mean_c f_c^p), flattened per sample, L2-normalised."""
+    return F.normalize(f.pow(p).mean(1).flatten(1))
+
+
+def attention_loss(f_s, f_t, p=2):
+    """Mean squared difference of the attention maps, the larger feature map pooled first."""
+    f_s, f_t = pool_to_smaller(f_s, f_t)
+    return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
+
+
+def similarity_loss(f_s, f_t):
+    """Tung & Mori, "Similarity-Preserving Knowledge Distillation" (2019):
+    G = F F^T over the batch (F flattened per sample), rows L2-normalised;
+    ||G_t - G_s||_F^2 / B^2."""
+    def gram(f):
+        f = f.flatten(1)
+        return F.normalize(f @ f.t())
+    bsz = f_s.shape[0]
+    return (gram(f_t) - gram(f_s)).pow(2).sum() / (bsz * bsz)
+
+
+def correlation_loss(e_s, e_t):
+    """Peng et al., "Correlation Congruence for Knowledge Distillation" (2019), as in CRD's code:
+    d = |e_s - e_t|, loss = mean over i of sum_k d[i, k] * d[i + 1, k]."""
+    delta = (e_s - e_t).abs()
+    return (delta[:-1] * delta[1:]).sum(1).mean()
+
+
+def fsp_matrices(feats):
+    """Yim et al., "A Gift from Knowledge Distillation" (2017): for consecutive maps (bottom,
+    top), the larger pooled to the smaller, G[c2, c1] = mean over positions of top[c2] * bot[c1]."""
+    out = []
+    for bot, top in zip(feats[:-1], feats[1:]):
+        bot, top = pool_to_smaller(bot, top)
+        out.append(torch.einsum("bihw,bjhw->bji", bot, top) / (bot.shape[2] * bot.shape[3]))
+    return out
+
+
+def fsp_loss(feats_s, feats_t):
+    """Sum over consecutive pairs of the mean squared difference of the FSP matrices."""
+    return sum((g_s - g_t).pow(2).mean()
+               for g_s, g_t in zip(fsp_matrices(feats_s), fsp_matrices(feats_t)))
+
+
+# -- ASKD --------------------------------------------------------------------------------------
+
+def region_structure_loss(f_s, f_t, r):
+    """ASKD region structure: both square maps average-pooled (kernel = stride = H // r',
+    r' = min(r, H_s, H_t)) into r'^2 regions per channel; then, per sample and channel, the
+    normalised distances between regions compared as in `distance_structure_loss`."""
+    r = min(r, f_s.shape[2], f_t.shape[2])
+    regions_s = F.avg_pool2d(f_s, f_s.shape[2] // r).flatten(2)      # (B, C, r*r)
+    regions_t = F.avg_pool2d(f_t, f_t.shape[2] // r).flatten(2)
+    return distance_structure_loss(regions_s, regions_t, dim=2)
+
+
+# -- CRD ---------------------------------------------------------------------------------------
+
+def nce_loss(scores, n_data, eps=1e-7):
+    """CRD's NCE loss (Tian et al., "Contrastive Representation Distillation", 2020, eq. 18) on
+    normalised scores (B, 1 + K), the positive in column 0, noise probability Pn = 1 / n_data:
+    -(sum_b log(P_pos / (P_pos + K Pn + eps)) + sum_b,k log(K Pn / (P_neg + K Pn + eps))) / B."""
+    m_pn = (scores.shape[1] - 1) / float(n_data)
+    log_d1 = torch.log(scores[:, 0] / (scores[:, 0] + m_pn + eps))
+    log_d0 = torch.log(m_pn / (scores[:, 1:] + m_pn + eps))
+    return -(log_d1.sum() + log_d0.sum()) / scores.shape[0]

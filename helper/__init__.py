@@ -1,0 +1,1 @@
+"""Shared machinery of the training scripts: config, loop, checkpoints, logging."""

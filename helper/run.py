@@ -1,0 +1,94 @@
+"""The run folder: where it is, whether it may be used, and every file written into it.
+
+Files (CRD's checkpoint format, so other tools read them): `config.yaml`, `log.txt`,
+`tensorboard/`, `<model>_best.pth` {epoch, model, best_acc}, `ckpt_epoch_N.pth`
+{epoch, model, accuracy}, `<model>_last.pth` {opt, model, epoch, best_acc}, and `latest.pth`
+(everything a resume needs). Every file is written atomically: complete or absent.
+"""
+import os
+
+from . import checkpoint
+from .config import dump, resume_differences, to_dict
+from .errors import UserError
+
+LATEST = "latest.pth"
+
+
+def run_path(cfg, script):
+    folder = cfg.save_folder
+    if not folder:
+        if script == "teacher":
+            folder = os.path.join("save", "teacher_model", f"{cfg.model}_{cfg.dataset}")
+        else:
+            folder = os.path.join("save", "student_model", cfg.dataset, cfg.distill,
+                                  f"{cfg.model_t}_{cfg.model_s}")
+    return os.path.join(folder, f"trial_{cfg.trial}") if cfg.trial else folder
+
+
+class RunFolder:
+    """Opens (or creates) the run folder of `cfg`; `resume_state` is the latest.pth to continue."""
+
+    def __init__(self, cfg, script, write=True):
+        self.path = run_path(cfg, script)
+        self.model_name = cfg.model if script == "teacher" else cfg.model_s
+        self.config_dict = to_dict(cfg)
+        self.write = write  # False on DDP ranks other than 0
+        self.resume_state = self.find_resume(cfg)
+        if write:
+            self.create(cfg)
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def find_resume(self, cfg):
+        latest = self.file(LATEST)
+        if not os.path.exists(latest):
+            if cfg.resume:
+                raise UserError(f"resume asked for, but {latest} does not exist: start without 'resume True'")
+            if os.path.isdir(self.path) and any(f.endswith(".pth") for f in os.listdir(self.path)):
+                raise UserError(f"{self.path} holds checkpoints of another run: name a new trial "
+                                f"(trial NAME) or another save_folder")
+            return None
+        state = checkpoint.load_checkpoint(latest)
+        diffs = resume_differences(state["config"], cfg)
+        if diffs:
+            raise UserError(f"{self.path} holds a run with another config ({'; '.join(diffs)}): "
+                            f"name a new trial (trial NAME) or another save_folder")
+        if state["finished"] and state["epoch"] >= cfg.epochs:
+            raise UserError(f"{self.path} holds a finished run of {state['epoch']} epochs: name a new "
+                            f"trial (trial NAME) or raise epochs to continue it")
+        return state
+
+    def create(self, cfg):
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            probe = self.file(".write_test")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as e:
+            raise UserError(f"cannot write the run folder {self.path} ({e.strerror}): "
+                            f"choose another save_folder") from None
+        text = self.file("config.yaml")
+        tmp = text + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(dump(cfg))
+        os.replace(tmp, text)
+
+    def save(self, name, obj):
+        if self.write:
+            checkpoint.save_atomic(obj, self.file(name))
+
+    def save_epoch(self, model, epoch, accuracy, best_acc, improved):
+        if improved:
+            self.save(f"{self.model_name}_best.pth",
+                      {"epoch": epoch, "model": model.state_dict(), "best_acc": best_acc})
+        if epoch % self.config_dict["save_freq"] == 0:
+            self.save(f"ckpt_epoch_{epoch}.pth", {"epoch": epoch, "model": model.state_dict(), "accuracy": accuracy})
+
+    def save_last(self, model, epoch, best_acc):
+        self.save(f"{self.model_name}_last.pth", {"opt": self.config_dict, "model": model.state_dict(),
+                                                   "epoch": epoch, "best_acc": best_acc})
+
+    def save_latest(self, state):
+        self.save(LATEST, state)

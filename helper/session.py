@@ -1,0 +1,48 @@
+"""Everything a training script sets up before the loop: config, device, data, run folder."""
+import torch
+
+import dataset
+from models import model_dict
+
+from .config import load_config
+from .logger import RunLogger
+from .run import RunFolder
+from .trainer import Trainer, pick_device, seed_everything
+
+
+class Session:
+    def __init__(self, cfg_path, overrides, script):
+        self.cfg = cfg = load_config(cfg_path, overrides, script)
+        self.device = pick_device(cfg.device)
+        torch.backends.cudnn.benchmark = self.device.type == "cuda"
+        self.run = RunFolder(cfg, script)
+        dataset.prepare_data(cfg)
+        self.train_loader = dataset.build_train_loader(cfg)
+        self.test_loader = dataset.build_test_loader(cfg.data_dir, batch_size=256,
+                                                     num_workers=cfg.num_workers, download=False)
+        self.run.create(cfg)
+        self.logger = RunLogger(self.run.path, cfg.tensorboard)
+        state = self.run.resume_state
+        self.log(f"run folder {self.run.path} on {self.device}" +
+                 (f", resuming after epoch {state['epoch']}" if state else ""))
+
+    def log(self, text):
+        self.logger.message(text)
+
+    def build_model(self, name):
+        seed_everything(self.cfg.seed, "weights", name)
+        model = model_dict[name](num_classes=100).to(self.device)
+        if self.cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def train(self, student, teacher):
+        from distillers import build
+        targets = torch.as_tensor(self.train_loader.dataset.targets)
+        distiller = build(self.cfg, student, teacher, targets).to(self.device)
+        trainer = Trainer(self.cfg, distiller, self.train_loader, self.test_loader, self.run,
+                          self.logger, self.device)
+        try:
+            return trainer.fit(self.run.resume_state)
+        finally:
+            self.logger.close()

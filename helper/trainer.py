@@ -1,0 +1,232 @@
+"""The one train/validate loop, shared by teacher and student training. It names no method:
+whatever the distiller returns is summed, logged term by term and back-propagated.
+
+Epoch e (counted from 1) runs at learning_rate * lr_decay_rate^k, k = number of decay epochs
+below e. Every RNG is re-seeded from (seed, e) at the start of each epoch, and `latest.pth` is
+written at the end of each epoch, so a run interrupted anywhere resumes bit-identically.
+"""
+import math
+import random
+import signal
+import time
+import zlib
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .errors import UserError
+from .logger import Progress
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or inf: the run stops, nothing after the last good epoch is saved."""
+
+
+class Interrupted(UserError):
+    """SIGINT/SIGTERM: the run stopped; latest.pth holds the last finished epoch."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' asked for, but CUDA is not available here; use device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(*parts):
+    """Seed python, numpy and torch (all devices) from any tuple of ints and strings."""
+    seed = zlib.crc32(repr(parts).encode())
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def learning_rate(cfg, epoch):
+    decays = sum(epoch > e for e in cfg.lr_decay_epochs)
+    return cfg.learning_rate * cfg.lr_decay_rate ** decays
+
+
+def accuracy(logits, target, ks=(1, 5)):
+    """Number of samples whose target is among the top-k logits, for each k."""
+    top = logits.topk(max(ks), dim=1).indices
+    hit = top.eq(target[:, None])
+    return [hit[:, :k].any(dim=1).sum() for k in ks]
+
+
+@torch.no_grad()
+def evaluate(model, loader, device):
+    """Top-1 and top-5 accuracy (percent) and mean cross-entropy of `model` over `loader`."""
+    model.eval()
+    loss = top1 = top5 = 0.0
+    count = 0
+    for image, target, _ in loader:
+        image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        logits = model(image)
+        loss += torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum").item()
+        c1, c5 = accuracy(logits, target)
+        top1, top5, count = top1 + c1.item(), top5 + c5.item(), count + len(target)
+    if count == 0:
+        raise UserError("the test set is empty: check data_dir")
+    return {"top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "loss": loss / count}
+
+
+class StopOnSignal:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+class Trainer:
+    """Runs the epochs of one run folder (`run`: see helper/run.py) for one distiller."""
+
+    def __init__(self, cfg, distiller, train_loader, test_loader, run, logger, device):
+        self.cfg, self.distiller, self.run, self.logger, self.device = cfg, distiller, run, logger, device
+        self.train_loader, self.test_loader = train_loader, test_loader
+        self.optimizer = self.make_optimizer(distiller.parameters())
+        self.best_acc, self.start_epoch, self.init_done = 0.0, 1, 0
+        self.stop = None
+
+    def make_optimizer(self, params):
+        cfg = self.cfg
+        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+
+    # -- resume -------------------------------------------------------------------------------
+    def state(self, epoch, finished=False, init_optimizer=None):
+        return {
+            "epoch": epoch,
+            "init_done": self.init_done,
+            "best_acc": self.best_acc,
+            "distiller": self.distiller.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "init_optimizer": init_optimizer.state_dict() if init_optimizer else None,
+            "config": self.run.config_dict,
+            "finished": finished,
+        }
+
+    def restore(self, state):
+        self.distiller.load_state_dict(state["distiller"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.best_acc = state["best_acc"]
+        self.start_epoch = state["epoch"] + 1
+        self.init_done = state["init_done"]
+        return state.get("init_optimizer")
+
+    # -- steps --------------------------------------------------------------------------------
+    def check_stop(self, where):
+        if self.stop is not None and self.stop.signum is not None:
+            name = signal.Signals(self.stop.signum).name
+            raise Interrupted(f"{name} received during {where}: stopped; latest.pth in {self.run.path} "
+                              f"holds the last finished epoch; run the same command again to resume",
+                              self.stop.signum)
+
+    def train_epoch(self, desc, optimizer, compute_losses, lr):
+        totals, correct, seen = {}, 0, 0
+        progress = Progress(len(self.train_loader), desc, self.cfg.print_freq)
+        try:
+            for step, (image, target, index) in enumerate(self.train_loader, 1):
+                image = image.to(self.device, non_blocking=True)
+                target = target.to(self.device, non_blocking=True)
+                index = index.to(self.device, non_blocking=True)
+                logits, losses = compute_losses(image, target, index)
+                loss = sum(losses.values())
+                values = {name: value.item() for name, value in losses.items()}
+                if not math.isfinite(loss.item()):
+                    terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+                    raise NonFiniteLoss(f"loss became {loss.item()} at {desc} step {step} ({terms}; lr {lr:g}): "
+                                        f"stopped; checkpoints of the last good epoch in {self.run.path} are kept; "
+                                        f"lower learning_rate or check the data")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                n = len(target)
+                seen += n
+                for name, value in values.items():
+                    totals[name] = totals.get(name, 0.0) + value * n
+                if logits is not None:
+                    correct += accuracy(logits.detach(), target, ks=(1,))[0].item()
+                progress.update(loss=sum(totals.values()) / seen, acc=100.0 * correct / seen)
+                self.check_stop(f"{desc} step {step}")
+        except (RuntimeError, OSError):
+            self.check_stop(desc)  # a signal also kills loader workers: report the signal
+            raise
+        finally:
+            progress.close()
+        if seen == 0:
+            raise UserError("the training set yielded no batch: check data_dir and batch_size")
+        means = {f"train_{k}": v / seen for k, v in totals.items()}
+        means["train_loss"] = sum(totals.values()) / seen
+        means["train_acc"] = 100.0 * correct / seen
+        return means
+
+    def set_epoch(self, phase, epoch):
+        """Seed every RNG and the data order from (seed, phase, epoch)."""
+        seed_everything(self.cfg.seed, phase, epoch)
+        self.train_loader.sampler.set_epoch(epoch if phase == "train" else -epoch)
+
+    def init_stage(self, init_state):
+        """A method's stage before training (FSP): only its modules, its own SGD, no schedule."""
+        stage = self.distiller.init_stage()
+        if stage is None or self.init_done >= self.cfg.init_epochs:
+            return
+        modules, compute = stage
+        optimizer = self.make_optimizer(modules.parameters())
+        if init_state is not None:
+            optimizer.load_state_dict(init_state)
+        for epoch in range(self.init_done + 1, self.cfg.init_epochs + 1):
+            self.set_epoch("init", epoch)
+            self.distiller.train()
+            start = time.time()
+            stats = self.train_epoch(f"init {epoch}/{self.cfg.init_epochs}", optimizer,
+                                     lambda *batch: (None, compute(*batch)), self.cfg.learning_rate)
+            self.init_done = epoch
+            self.run.save_latest(self.state(0, init_optimizer=optimizer))
+            self.logger.message(f"init epoch {epoch} loss {stats['train_loss']:.6g} "
+                                f"seconds {time.time() - start:.1f}")
+
+    def fit(self, resume_state=None):
+        init_state = self.restore(resume_state) if resume_state else None
+        with StopOnSignal() as self.stop:
+            self.init_stage(init_state)
+            for epoch in range(self.start_epoch, self.cfg.epochs + 1):
+                self.one_epoch(epoch)
+        self.run.save_last(self.distiller.student, self.cfg.epochs, self.best_acc)
+        self.run.save_latest(self.state(self.cfg.epochs, finished=True))
+        self.logger.message(f"done: best top-1 {self.best_acc:.2f} in {self.run.path}")
+        return self.best_acc
+
+    def one_epoch(self, epoch):
+        lr = learning_rate(self.cfg, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.set_epoch("train", epoch)
+        self.distiller.train()
+        start = time.time()
+        stats = self.train_epoch(f"epoch {epoch}/{self.cfg.epochs}", self.optimizer, self.distiller, lr)
+        train_seconds = time.time() - start
+        test = evaluate(self.distiller.student, self.test_loader, self.device)
+        improved = test["top1"] > self.best_acc
+        self.best_acc = max(self.best_acc, test["top1"])
+        self.run.save_epoch(self.distiller.student, epoch, test["top1"], self.best_acc, improved)
+        self.run.save_latest(self.state(epoch))
+        self.logger.epoch(epoch, {"lr": lr, **stats, "test_loss": test["loss"], "test_acc": test["top1"],
+                                  "test_acc_top5": test["top5"], "best_acc": self.best_acc,
+                                  "seconds": round(train_seconds, 2)})

@@ -1,0 +1,30 @@
+"""Shared fixtures: a small synthetic CIFAR-100 written in the real format, and a config writer."""
+import os
+import sys
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory):
+    """A 600/200-image synthetic CIFAR-100 on disk (shared by the whole session: read-only)."""
+    from dataset.synthetic import write_synthetic_cifar100
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    write_synthetic_cifar100(root, 600, 200, seed=0, noise=1.0)
+    return root
+
+
+@pytest.fixture
+def write_cfg(tmp_path):
+    """write_cfg(dict or text) -> path of a YAML file in the test's temporary folder."""
+    counter = iter(range(1000))
+
+    def write(content):
+        path = tmp_path / f"cfg{next(counter)}.yaml"
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+        return str(path)
+    return write

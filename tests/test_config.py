@@ -1,0 +1,141 @@
+"""Config loading: paper files load unchanged, overrides, coercion, and one-line errors."""
+import warnings
+
+import pytest
+import yaml
+
+from helper.config import (KEYS, dump, get_cfg_defaults, load_config, parse_epochs,
+                           resume_differences, to_dict)
+from helper.errors import UserError
+
+# A student config written the way the paper's files are (quoted decay list, 5e-4 as text).
+PAPER_STYLE = """
+print_freq: 100
+save_freq: 40
+batch_size: 64
+num_workers: 4
+epochs: 240
+init_epochs: 30
+learning_rate: 0.05
+lr_decay_epochs: '150,180,210'
+lr_decay_rate: 0.1
+weight_decay: 5e-4
+momentum: 0.9
+dataset: 'cifar100'
+data_dir: './data/cifar100'
+model_s: 'resnet8x4'
+model_t: 'resnet32x4'
+path_t: './save/teacher_model/cifar100/resnet32x4_vanilla.pth'
+save_folder: './save/student_model/cifar100/ours/resnet32x4_resnet8x4'
+distill: 'ASKD'
+gamma: 1  # task loss weight
+alpha: 0  # hkd loss weight
+beta: 1   # kd loss weight
+kd_T: 4   # the temperature
+group: "res_last"
+w_rs: 5
+r: 2
+w_cs: 14
+"""
+
+
+def test_paper_style_file_loads_with_numbers(write_cfg):
+    cfg = load_config(write_cfg(PAPER_STYLE), script="student")
+    assert cfg.weight_decay == pytest.approx(5e-4) and isinstance(cfg.weight_decay, float)
+    assert cfg.lr_decay_epochs == [150, 180, 210]
+    assert cfg.distill == "ASKD" and cfg.r == 2 and cfg.w_cs == 14.0
+    assert cfg.is_frozen()
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("150,180,210", [150, 180, 210]), ([150, 180], [150, 180]), (150, [150]), ("150", [150]),
+])
+def test_decay_epoch_forms(value, expected):
+    assert parse_epochs(value) == expected
+
+
+def test_command_line_overrides(write_cfg):
+    cfg = load_config(write_cfg(PAPER_STYLE), ["epochs", "20", "lr_decay_epochs", "10,15",
+                                               "batch_size", "8", "learning_rate", "1e-3"], "student")
+    assert (cfg.epochs, cfg.lr_decay_epochs, cfg.batch_size) == (20, [10, 15], 8)
+    assert cfg.learning_rate == pytest.approx(1e-3)
+    cfg = load_config(write_cfg(PAPER_STYLE), ["epochs", "200", "lr_decay_epochs", "150"], "student")
+    assert cfg.lr_decay_epochs == [150]
+
+
+def test_every_key_documented_and_dump_round_trips(write_cfg):
+    assert all(doc for _, _, doc in KEYS)
+    cfg = load_config(write_cfg(PAPER_STYLE), script="student")
+    text = dump(cfg)
+    assert len(text.strip().splitlines()) == len(KEYS)
+    again = load_config(write_cfg(text), script="student")
+    assert to_dict(again) == to_dict(cfg)
+
+
+@pytest.mark.parametrize("override, message", [
+    (["learnig_rate", "0.1"], "did you mean 'learning_rate'"),
+    (["epochs", "abc"], "'epochs' expects int"),
+    (["epochs", "2.5"], "'epochs' expects int"),
+    (["learning_rate", "-0.1"], "'learning_rate' must be positive"),
+    (["batch_size", "0"], "'batch_size' must be positive"),
+    (["epochs", "0"], "'epochs' must be positive"),
+    (["lr_decay_epochs", "180,150"], "increasing"),
+    (["epochs", "100"], "beyond epochs=100"),
+    (["model_s", "resnet9"], "unknown model 'resnet9'"),
+    (["model_t", "wrn_40_3"], "valid:"),
+    (["distill", "kdd"], "unknown method 'kdd'"),
+    (["mode", "loose"], "'mode' must be one of exact, relax"),
+    (["r", "0"], "'r' must be at least 1"),
+    (["amp", "fp8"], "'amp' must be one of"),
+    (["device", "tpu"], "'device' must be"),
+    (["path_t", "''"], "'path_t' is required"),
+    (["nce_m", "1.5"], "'nce_m' must be in"),
+    (["resume", "maybe"], "'resume' expects bool"),
+    (["epochs"], "KEY VALUE pairs"),
+])
+def test_bad_values_are_one_line_user_errors(write_cfg, override, message):
+    with pytest.raises(UserError) as err:
+        load_config(write_cfg(PAPER_STYLE), override, "student")
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_teacher_needs_model(write_cfg):
+    with pytest.raises(UserError, match="'model' is required"):
+        load_config(write_cfg({"epochs": 2, "lr_decay_epochs": "1"}), script="teacher")
+
+
+def test_yaml_errors_name_the_line(write_cfg):
+    with pytest.raises(UserError, match="line 3"):
+        load_config(write_cfg("model: resnet8\nepochs: 2\nbatch_size: [64\n"), script="teacher")
+    with pytest.raises(UserError, match="empty"):
+        load_config(write_cfg(""), script="teacher")
+    with pytest.raises(UserError, match="not found"):
+        load_config("/nonexistent/x.yaml", script="teacher")
+
+
+def test_low_lr_models_warn_at_another_rate(write_cfg):
+    text = PAPER_STYLE.replace("'resnet8x4'", "'ShuffleV2'")
+    with pytest.warns(UserWarning, match="learning_rate 0.01"):
+        load_config(write_cfg(text), script="student")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(write_cfg(text), ["learning_rate", "0.01"], "student")
+
+
+def test_resume_differences_ignore_harmless_keys(write_cfg):
+    cfg = load_config(write_cfg(PAPER_STYLE), script="student")
+    saved = to_dict(cfg)
+    other = load_config(write_cfg(PAPER_STYLE), ["print_freq", "7", "num_workers", "0", "epochs", "300"],
+                        "student")
+    assert resume_differences(saved, other) == []
+    changed = load_config(write_cfg(PAPER_STYLE), ["beta", "2", "epochs", "220"], "student")
+    diffs = resume_differences(saved, changed)
+    assert any(d.startswith("beta") for d in diffs) and any(d.startswith("epochs") for d in diffs)
+
+
+def test_defaults_are_fresh_copies():
+    a, b = get_cfg_defaults(), get_cfg_defaults()
+    a.lr_decay_epochs.append(5)
+    assert b.lr_decay_epochs == [150, 180, 210]
+    assert yaml.safe_load(dump(b))["lr_decay_epochs"] == [150, 180, 210]
