@@ -37,7 +37,7 @@ KEYS = [
     ("model_s", "", "student architecture (train_student.py)"),
     ("model_t", "", "teacher architecture (train_student.py)"),
     ("path_t", "", "teacher checkpoint (train_student.py)"),
-    ("distill", "kd", "method: kd hint attention similarity correlation rkd fsp crd ASKD"),
+    ("distill", "kd", "method: kd hint attention similarity correlation rkd fsp crd ASKD (vanilla for teachers)"),
     ("gamma", 1.0, "weight of the cross-entropy loss"),
     ("alpha", 0.0, "weight of Hinton's KD loss"),
     ("beta", 0.0, "weight of the method's own loss"),
@@ -248,6 +248,8 @@ def load_config(path, overrides=(), script="teacher"):
     cfg = get_cfg_defaults()
     merge(cfg, read_yaml(path).items(), path)
     merge(cfg, parse_overrides(list(overrides)), "the command line")
+    if script == "teacher":
+        cfg.distill = "vanilla"  # a model trained alone: plain cross-entropy
     validate(cfg, script)
     cfg.freeze()
     return cfg

@@ -43,13 +43,14 @@ class Progress:
         self.total, self.desc, self.every, self.enabled = total, desc, every, enabled
         self.step = 0
 
-    def update(self, **stats):
-        self.step += 1
+    def update(self, steps=1, **stats):
+        """`steps` more steps are done; `stats` are the running figures."""
+        self.step += steps
         text = " ".join(f"{k} {v:.4f}" for k, v in stats.items())
         if self.bar is not None:
             self.bar.set_postfix_str(text, refresh=False)
-            self.bar.update()
-        elif self.enabled and (self.step % self.every == 0 or self.step == self.total):
+            self.bar.update(steps)
+        elif self.enabled and (self.step % self.every < steps or self.step == self.total):
             print(f"{self.desc} [{self.step}/{self.total}] {text}", flush=True)
 
     def close(self):

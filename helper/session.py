@@ -17,9 +17,13 @@ class Session:
         torch.backends.cudnn.benchmark = self.device.type == "cuda"
         self.run = RunFolder(cfg, script)
         dataset.prepare_data(cfg)
-        self.train_loader = dataset.build_train_loader(cfg)
-        self.test_loader = dataset.build_test_loader(cfg.data_dir, batch_size=256,
-                                                     num_workers=cfg.num_workers, download=False)
+        if cfg.fast:
+            from dataset.device_loader import build_fast_loaders
+            self.train_loader, self.test_loader = build_fast_loaders(cfg, self.device)
+        else:
+            self.train_loader = dataset.build_train_loader(cfg)
+            self.test_loader = dataset.build_test_loader(cfg.data_dir, batch_size=256,
+                                                         num_workers=cfg.num_workers, download=False)
         self.run.create(cfg)
         self.logger = RunLogger(self.run.path, cfg.tensorboard)
         state = self.run.resume_state
@@ -34,6 +38,8 @@ class Session:
         model = model_dict[name](num_classes=100).to(self.device)
         if self.cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if self.cfg.compile:
+            model.compile()  # in place: state_dict keys stay those of the zoo
         return model
 
     def train(self, student, teacher):

@@ -19,6 +19,9 @@ from .errors import UserError
 from .logger import Progress
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class NonFiniteLoss(UserError):
     """The loss became NaN or inf: the run stops, nothing after the last good epoch is saved."""
 
@@ -103,6 +106,7 @@ class Trainer:
         self.optimizer = self.make_optimizer(distiller.parameters())
         self.best_acc, self.start_epoch, self.init_done = 0.0, 1, 0
         self.stop = None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
     def make_optimizer(self, params):
         cfg = self.cfg
@@ -138,32 +142,47 @@ class Trainer:
                               f"holds the last finished epoch; run the same command again to resume",
                               self.stop.signum)
 
+    def step(self, optimizer, compute_losses, image, target, index):
+        """One optimisation step; returns (logits or None, {name: loss tensor}, total loss)."""
+        if self.cfg.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(self.cfg.amp), enabled=self.cfg.amp != "off"):
+            logits, losses = compute_losses(image, target, index)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return logits, losses, loss
+
     def train_epoch(self, desc, optimizer, compute_losses, lr):
-        totals, correct, seen = {}, 0, 0
+        """Sums stay on the device; they are read (and checked for NaN/inf) every step on the
+        plain path and every print_freq steps on the fast path, where a read costs a sync."""
+        sums, correct, seen = {}, torch.zeros((), device=self.device), 0
         progress = Progress(len(self.train_loader), desc, self.cfg.print_freq)
+        read_every = self.cfg.print_freq if self.cfg.fast else 1
         try:
             for step, (image, target, index) in enumerate(self.train_loader, 1):
                 image = image.to(self.device, non_blocking=True)
                 target = target.to(self.device, non_blocking=True)
                 index = index.to(self.device, non_blocking=True)
-                logits, losses = compute_losses(image, target, index)
-                loss = sum(losses.values())
-                values = {name: value.item() for name, value in losses.items()}
-                if not math.isfinite(loss.item()):
-                    terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-                    raise NonFiniteLoss(f"loss became {loss.item()} at {desc} step {step} ({terms}; lr {lr:g}): "
-                                        f"stopped; checkpoints of the last good epoch in {self.run.path} are kept; "
-                                        f"lower learning_rate or check the data")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                logits, losses, loss = self.step(optimizer, compute_losses, image, target, index)
                 n = len(target)
                 seen += n
-                for name, value in values.items():
-                    totals[name] = totals.get(name, 0.0) + value * n
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0.0) + value.detach().float() * n
                 if logits is not None:
-                    correct += accuracy(logits.detach(), target, ks=(1,))[0].item()
-                progress.update(loss=sum(totals.values()) / seen, acc=100.0 * correct / seen)
+                    correct += accuracy(logits.detach(), target, ks=(1,))[0]
+                if step % read_every == 0 or step == len(self.train_loader):
+                    total = sum(sums.values()).item()
+                    if not math.isfinite(total):
+                        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                        raise NonFiniteLoss(
+                            f"loss became non-finite by {desc} step {step} (last step: {terms}; lr {lr:g}): "
+                            f"stopped; the checkpoints of the last good epoch in {self.run.path} are kept; "
+                            f"lower learning_rate or check the data")
+                    progress.update(read_every if step % read_every == 0 else step % read_every,
+                                    loss=total / seen, acc=100.0 * correct.item() / seen)
                 self.check_stop(f"{desc} step {step}")
         except (RuntimeError, OSError):
             self.check_stop(desc)  # a signal also kills loader workers: report the signal
@@ -172,9 +191,10 @@ class Trainer:
             progress.close()
         if seen == 0:
             raise UserError("the training set yielded no batch: check data_dir and batch_size")
+        totals = {name: value.item() for name, value in sums.items()}
         means = {f"train_{k}": v / seen for k, v in totals.items()}
         means["train_loss"] = sum(totals.values()) / seen
-        means["train_acc"] = 100.0 * correct / seen
+        means["train_acc"] = 100.0 * correct.item() / seen
         return means
 
     def set_epoch(self, phase, epoch):
