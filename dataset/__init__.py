@@ -16,7 +16,7 @@ def prepare_data(cfg):
     """Make sure the config's data set is on disk in CIFAR-100 format under data_dir."""
     if cfg.dataset == "synthetic":
         write_synthetic_cifar100(cfg.data_dir, cfg.synthetic_train_size, cfg.synthetic_test_size,
-                                 seed=cfg.seed, noise=cfg.synthetic_noise)
+                                 seed=cfg.synthetic_seed, noise=cfg.synthetic_noise)
     else:
         ensure_cifar100(cfg.data_dir, cfg.download)
 

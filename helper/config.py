@@ -62,6 +62,7 @@ KEYS = [
     ("synthetic_train_size", 5000, "dataset synthetic: training images"),
     ("synthetic_test_size", 1000, "dataset synthetic: test images"),
     ("synthetic_noise", 1.0, "dataset synthetic: noise level (higher is harder)"),
+    ("synthetic_seed", 0, "dataset synthetic: seed of the generated images (independent of seed)"),
     ("fast", False, "fast path: device-resident data, batched augmentation"),
     ("amp", "off", "mixed precision: off, bf16 or fp16 (fp16 with a grad scaler)"),
     ("channels_last", False, "channels_last memory format for the models"),

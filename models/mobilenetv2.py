@@ -1,0 +1,106 @@
+"""MobileNetV2 for CIFAR at half width (CRD's `mobile_half`, expansion 6, width 0.5).
+
+Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks" (CVPR 2018), as defined
+in the CRD repository's model zoo (HobbitLong/RepDistiller, models/mobilenetv2.py): a stride-2
+stem, seven stages of inverted residual blocks, a 1x1 conv to 1280 channels, average pooling and
+a linear classifier. The architecture has no pre-ReLU features: `preact` is accepted and ignored.
+"""
+import torch.nn as nn
+
+
+def conv_bn(inp, oup, stride):
+    return nn.Sequential(
+        nn.Conv2d(inp, oup, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(oup),
+        nn.ReLU(inplace=True),
+    )
+
+
+def conv_1x1_bn(inp, oup):
+    return nn.Sequential(
+        nn.Conv2d(inp, oup, kernel_size=1, stride=1, padding=0, bias=False),
+        nn.BatchNorm2d(oup),
+        nn.ReLU(inplace=True),
+    )
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, inp, oup, stride, expand_ratio):
+        super().__init__()
+        assert stride in (1, 2)
+        hidden = inp * expand_ratio
+        self.use_res_connect = stride == 1 and inp == oup
+        self.conv = nn.Sequential(
+            nn.Conv2d(inp, hidden, kernel_size=1, stride=1, padding=0, bias=False),  # pointwise
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, kernel_size=3, stride=stride, padding=1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, oup, kernel_size=1, stride=1, padding=0, bias=False),  # linear
+            nn.BatchNorm2d(oup),
+        )
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    # (channels, repeats, stride of the first block) per stage; stage 0 has expansion 1, the rest T
+    SETTING = [(16, 1, 1), (24, 2, 1), (32, 3, 2), (64, 4, 2), (96, 3, 1), (160, 3, 2), (320, 1, 1)]
+
+    def __init__(self, T, width_mult, num_classes=100, input_size=32):
+        super().__init__()
+        assert input_size % 32 == 0
+        input_channel = int(32 * width_mult)
+        self.conv1 = conv_bn(3, input_channel, 2)
+        self.blocks = nn.ModuleList()
+        for i, (c, n, s) in enumerate(self.SETTING):
+            output_channel = int(c * width_mult)
+            layers = []
+            for stride in [s] + [1] * (n - 1):
+                layers.append(InvertedResidual(input_channel, output_channel, stride, 1 if i == 0 else T))
+                input_channel = output_channel
+            self.blocks.append(nn.Sequential(*layers))
+        self.last_channel = int(1280 * width_mult) if width_mult > 1.0 else 1280
+        self.conv2 = conv_1x1_bn(input_channel, self.last_channel)
+        self.avgpool = nn.AvgPool2d(input_size // 16, ceil_mode=True)
+        self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def get_feat_modules(self):
+        return nn.ModuleList([self.conv1, self.blocks])
+
+    def get_bn_before_relu(self):
+        return [self.blocks[i][-1].conv[-1] for i in (1, 2, 4, 6)]
+
+    def forward(self, x, is_feat=False, preact=False):
+        out = self.conv1(x)
+        f0 = out
+        out = self.blocks[1](self.blocks[0](out))
+        f1 = out
+        out = self.blocks[2](out)
+        f2 = out
+        out = self.blocks[4](self.blocks[3](out))
+        f3 = out
+        out = self.blocks[6](self.blocks[5](out))
+        f4 = out
+        out = self.avgpool(self.conv2(out)).flatten(1)
+        f5 = out
+        out = self.classifier(out)
+        if is_feat:
+            return [f0, f1, f2, f3, f4, f5], out
+        return out
+
+
+def mobile_half(**kwargs):
+    return MobileNetV2(T=6, width_mult=0.5, **kwargs)
