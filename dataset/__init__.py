@@ -4,6 +4,7 @@ Every training item is (image, target, index). The order of epoch e is a permuta
 from (seed, e) alone, so a resumed run sees the same batches, and each DDP rank takes its own
 shard of that permutation.
 """
+import math
 import zlib
 
 import torch
@@ -22,7 +23,11 @@ def prepare_data(cfg):
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """This rank's share of the permutation of epoch `set_epoch(e)`, drawn from (seed, e)."""
+    """This rank's share of the permutation of epoch `set_epoch(e)`, drawn from (seed, e).
+
+    Rank r takes positions r, r + W, r + 2W, ... so the ranks' k-th batches together are the
+    k-th batch one process would take. With W > 1 the permutation is padded by wrapping
+    around to a multiple of W, so every rank runs the same number of steps."""
 
     def __init__(self, size, seed, rank=0, world_size=1):
         self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
@@ -36,10 +41,14 @@ class EpochSampler(torch.utils.data.Sampler):
         return torch.randperm(self.size, generator=g)
 
     def __iter__(self):
-        return iter(self.permutation()[self.rank::self.world_size].tolist())
+        order = self.permutation()
+        padded = len(self) * self.world_size
+        if padded > self.size:
+            order = torch.cat([order, order[:padded - self.size]])
+        return iter(order[self.rank::self.world_size].tolist())
 
     def __len__(self):
-        return len(range(self.rank, self.size, self.world_size))
+        return math.ceil(self.size / self.world_size)
 
 
 def build_train_loader(cfg, rank=0, world_size=1):

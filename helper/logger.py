@@ -56,3 +56,16 @@ class Progress:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+
+
+class NullLogger:
+    """The logger of DDP ranks other than 0: they write nothing."""
+
+    def message(self, text):
+        pass
+
+    def epoch(self, epoch, scalars):
+        pass
+
+    def close(self):
+        pass

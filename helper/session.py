@@ -4,8 +4,9 @@ import torch
 import dataset
 from models import model_dict
 
+from . import distributed
 from .config import load_config
-from .logger import RunLogger
+from .logger import NullLogger, RunLogger
 from .run import RunFolder
 from .trainer import Trainer, pick_device, seed_everything
 
@@ -13,21 +14,29 @@ from .trainer import Trainer, pick_device, seed_everything
 class Session:
     def __init__(self, cfg_path, overrides, script):
         self.cfg = cfg = load_config(cfg_path, overrides, script)
+        self.ctx = ctx = distributed.init(cfg.device)
+        distributed.check_batch(cfg.batch_size, ctx)
         self.device = pick_device(cfg.device)
+        if ctx.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", ctx.local_rank)
         torch.backends.cudnn.benchmark = self.device.type == "cuda"
-        self.run = RunFolder(cfg, script)
-        dataset.prepare_data(cfg)
+        self.run = RunFolder(cfg, script, write=ctx.is_main)
+        if ctx.is_main:
+            dataset.prepare_data(cfg)
+        distributed.barrier()
         if cfg.fast:
             from dataset.device_loader import build_fast_loaders
-            self.train_loader, self.test_loader = build_fast_loaders(cfg, self.device)
+            self.train_loader, self.test_loader = build_fast_loaders(cfg, self.device, ctx.rank, ctx.world_size)
         else:
-            self.train_loader = dataset.build_train_loader(cfg)
+            self.train_loader = dataset.build_train_loader(cfg, ctx.rank, ctx.world_size)
             self.test_loader = dataset.build_test_loader(cfg.data_dir, batch_size=256,
                                                          num_workers=cfg.num_workers, download=False)
-        self.run.create(cfg)
-        self.logger = RunLogger(self.run.path, cfg.tensorboard)
+        if ctx.is_main:
+            self.run.create(cfg)
+        self.logger = RunLogger(self.run.path, cfg.tensorboard) if ctx.is_main else NullLogger()
         state = self.run.resume_state
         self.log(f"run folder {self.run.path} on {self.device}" +
+                 (f" x {ctx.world_size} processes" if ctx.enabled else "") +
                  (f", resuming after epoch {state['epoch']}" if state else ""))
 
     def log(self, text):
@@ -35,7 +44,10 @@ class Session:
 
     def build_model(self, name):
         seed_everything(self.cfg.seed, "weights", name)
-        model = model_dict[name](num_classes=100).to(self.device)
+        model = model_dict[name](num_classes=100)
+        if self.cfg.sync_bn and self.ctx.enabled and self.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(self.device)
         if self.cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.cfg.compile:
@@ -47,8 +59,9 @@ class Session:
         targets = torch.as_tensor(self.train_loader.dataset.targets)
         distiller = build(self.cfg, student, teacher, targets).to(self.device)
         trainer = Trainer(self.cfg, distiller, self.train_loader, self.test_loader, self.run,
-                          self.logger, self.device)
+                          self.logger, self.device, self.ctx)
         try:
             return trainer.fit(self.run.resume_state)
         finally:
             self.logger.close()
+            distributed.shutdown()

@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 import torch
 
-from . import checkpoint
+from . import distributed
 from .errors import UserError
 from .logger import Progress
 
@@ -100,9 +100,13 @@ class StopOnSignal:
 class Trainer:
     """Runs the epochs of one run folder (`run`: see helper/run.py) for one distiller."""
 
-    def __init__(self, cfg, distiller, train_loader, test_loader, run, logger, device):
+    def __init__(self, cfg, distiller, train_loader, test_loader, run, logger, device,
+                 ctx=distributed.Context()):
         self.cfg, self.distiller, self.run, self.logger, self.device = cfg, distiller, run, logger, device
-        self.train_loader, self.test_loader = train_loader, test_loader
+        self.train_loader, self.test_loader, self.ctx = train_loader, test_loader, ctx
+        self.model = distiller  # what the steps call: the DDP wrapper when there are several ranks
+        if ctx.enabled:
+            self.model = distributed.wrap(distiller, device)
         self.optimizer = self.make_optimizer(distiller.parameters())
         self.best_acc, self.start_epoch, self.init_done = 0.0, 1, 0
         self.stop = None
@@ -142,8 +146,10 @@ class Trainer:
                               f"holds the last finished epoch; run the same command again to resume",
                               self.stop.signum)
 
-    def step(self, optimizer, compute_losses, image, target, index):
-        """One optimisation step; returns (logits or None, {name: loss tensor}, total loss)."""
+    def step(self, optimizer, compute_losses, image, target, index, average=()):
+        """One optimisation step; returns (logits or None, {name: loss tensor}, total loss).
+        `average`: parameters whose gradients are averaged over the ranks by hand (those
+        trained outside the DDP wrapper)."""
         if self.cfg.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(self.cfg.amp), enabled=self.cfg.amp != "off"):
@@ -151,22 +157,29 @@ class Trainer:
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        distributed.average_gradients(average)
         self.scaler.step(optimizer)
         self.scaler.update()
         return logits, losses, loss
 
-    def train_epoch(self, desc, optimizer, compute_losses, lr):
+    def read_totals(self, sums, correct, seen):
+        """The sums over every rank, as python numbers: ({name: sum}, correct, seen)."""
+        values = torch.stack([*sums.values(), correct.float(), torch.tensor(float(seen), device=self.device)])
+        values = distributed.all_reduce_sum(values).tolist()
+        return dict(zip(sums, values[:-2])), values[-2], values[-1]
+
+    def train_epoch(self, desc, optimizer, compute_losses, lr, average=()):
         """Sums stay on the device; they are read (and checked for NaN/inf) every step on the
         plain path and every print_freq steps on the fast path, where a read costs a sync."""
         sums, correct, seen = {}, torch.zeros((), device=self.device), 0
-        progress = Progress(len(self.train_loader), desc, self.cfg.print_freq)
+        progress = Progress(len(self.train_loader), desc, self.cfg.print_freq, enabled=self.ctx.is_main)
         read_every = self.cfg.print_freq if self.cfg.fast else 1
         try:
             for step, (image, target, index) in enumerate(self.train_loader, 1):
                 image = image.to(self.device, non_blocking=True)
                 target = target.to(self.device, non_blocking=True)
                 index = index.to(self.device, non_blocking=True)
-                logits, losses, loss = self.step(optimizer, compute_losses, image, target, index)
+                logits, losses, loss = self.step(optimizer, compute_losses, image, target, index, average)
                 n = len(target)
                 seen += n
                 for name, value in losses.items():
@@ -174,7 +187,8 @@ class Trainer:
                 if logits is not None:
                     correct += accuracy(logits.detach(), target, ks=(1,))[0]
                 if step % read_every == 0 or step == len(self.train_loader):
-                    total = sum(sums.values()).item()
+                    totals, total_correct, total_seen = self.read_totals(sums, correct, seen)
+                    total = sum(totals.values())
                     if not math.isfinite(total):
                         terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
                         raise NonFiniteLoss(
@@ -182,7 +196,7 @@ class Trainer:
                             f"stopped; the checkpoints of the last good epoch in {self.run.path} are kept; "
                             f"lower learning_rate or check the data")
                     progress.update(read_every if step % read_every == 0 else step % read_every,
-                                    loss=total / seen, acc=100.0 * correct.item() / seen)
+                                    loss=total / total_seen, acc=100.0 * total_correct / total_seen)
                 self.check_stop(f"{desc} step {step}")
         except (RuntimeError, OSError):
             self.check_stop(desc)  # a signal also kills loader workers: report the signal
@@ -191,10 +205,9 @@ class Trainer:
             progress.close()
         if seen == 0:
             raise UserError("the training set yielded no batch: check data_dir and batch_size")
-        totals = {name: value.item() for name, value in sums.items()}
-        means = {f"train_{k}": v / seen for k, v in totals.items()}
-        means["train_loss"] = sum(totals.values()) / seen
-        means["train_acc"] = 100.0 * correct.item() / seen
+        means = {f"train_{k}": v / total_seen for k, v in totals.items()}
+        means["train_loss"] = total / total_seen
+        means["train_acc"] = 100.0 * total_correct / total_seen
         return means
 
     def set_epoch(self, phase, epoch):
@@ -216,7 +229,8 @@ class Trainer:
             self.distiller.train()
             start = time.time()
             stats = self.train_epoch(f"init {epoch}/{self.cfg.init_epochs}", optimizer,
-                                     lambda *batch: (None, compute(*batch)), self.cfg.learning_rate)
+                                     lambda *batch: (None, compute(*batch)), self.cfg.learning_rate,
+                                     average=list(modules.parameters()))
             self.init_done = epoch
             self.run.save_latest(self.state(0, init_optimizer=optimizer))
             self.logger.message(f"init epoch {epoch} loss {stats['train_loss']:.6g} "
@@ -231,6 +245,7 @@ class Trainer:
         self.run.save_last(self.distiller.student, self.cfg.epochs, self.best_acc)
         self.run.save_latest(self.state(self.cfg.epochs, finished=True))
         self.logger.message(f"done: best top-1 {self.best_acc:.2f} in {self.run.path}")
+        distributed.barrier()
         return self.best_acc
 
     def one_epoch(self, epoch):
@@ -240,8 +255,11 @@ class Trainer:
         self.set_epoch("train", epoch)
         self.distiller.train()
         start = time.time()
-        stats = self.train_epoch(f"epoch {epoch}/{self.cfg.epochs}", self.optimizer, self.distiller, lr)
+        stats = self.train_epoch(f"epoch {epoch}/{self.cfg.epochs}", self.optimizer, self.model, lr)
         train_seconds = time.time() - start
+        distributed.broadcast_state(self.distiller)  # ranks end every epoch identical
+        if not self.ctx.is_main:
+            return  # rank 0 alone evaluates, logs and saves
         test = evaluate(self.distiller.student, self.test_loader, self.device)
         improved = test["top1"] > self.best_acc
         self.best_acc = max(self.best_acc, test["top1"])

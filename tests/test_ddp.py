@@ -1,0 +1,109 @@
+"""DDP on the CPU with gloo: 2 ranks end bit-identical, a 2-rank run equals a 1-process run over
+the same global batches, and torchrun itself launches the scripts."""
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+
+from helper.checkpoint import load_checkpoint
+from runs import ROOT, tiny_config
+
+
+class Toy(nn.Module):
+    """No batch statistics: one process and two ranks compute the same function of a batch."""
+
+    def __init__(self, num_classes=100):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, num_classes)
+
+    def forward(self, x, is_feat=False, preact=False):
+        f0 = F.relu(self.conv(x))
+        f1 = F.adaptive_avg_pool2d(f0, 4).flatten(1)
+        logits = self.fc(f1)
+        return ([f0, f1], logits) if is_feat else logits
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world_size, port, cfg_path, out_dir, toy):
+    """One rank: the real train_teacher.py main, with rank-local state saved at the end."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if world_size == 1:
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            os.environ.pop(key)
+    torch.set_num_threads(1)
+    import dataset
+    import models
+    from helper import trainer
+    if toy:
+        models.model_dict["toy"] = Toy
+        dataset.train_transform = dataset.cifar100.test_transform  # augmentation off
+    fit = trainer.Trainer.fit
+
+    def fit_and_save(self, *args):
+        result = fit(self, *args)
+        torch.save(self.distiller.state_dict(), os.path.join(out_dir, f"rank{rank}_of{world_size}.pt"))
+        return result
+    trainer.Trainer.fit = fit_and_save
+    import runpy
+    sys.argv = ["train_teacher.py", "-cfg", cfg_path]
+    runpy.run_path(os.path.join(ROOT, "train_teacher.py"), run_name="__main__")
+
+
+def launch(world_size, cfg_path, out_dir, toy):
+    mp.start_processes(_worker, args=(world_size, free_port(), cfg_path, str(out_dir), toy),
+                       nprocs=world_size, start_method="spawn")
+
+
+def test_two_ranks_end_bit_identical(write_cfg, synthetic_dir, tmp_path):
+    cfg = write_cfg(tiny_config(synthetic_dir, str(tmp_path / "run"), model="resnet8"))
+    launch(2, cfg, tmp_path, toy=False)
+    a, b = (torch.load(tmp_path / f"rank{r}_of2.pt") for r in range(2))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    last = load_checkpoint(str(tmp_path / "run" / "resnet8_last.pth"))["model"]
+    assert torch.equal(last["fc.weight"], a["student.fc.weight"])
+
+
+def test_two_ranks_match_one_process_over_the_same_global_batches(write_cfg, synthetic_dir, tmp_path):
+    states = {}
+    for world in (1, 2):
+        cfg = write_cfg(tiny_config(synthetic_dir, str(tmp_path / f"run{world}"), model="toy"))
+        launch(world, cfg, tmp_path, toy=True)
+        states[world] = torch.load(tmp_path / f"rank0_of{world}.pt")
+    for key, value in states[1].items():
+        torch.testing.assert_close(states[2][key], value, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(states[1]["student.fc.weight"], Toy().fc.weight)  # it trained
+
+
+def test_torchrun_launches_a_run(write_cfg, synthetic_dir, tmp_path):
+    cfg = write_cfg(tiny_config(synthetic_dir, str(tmp_path / "run"), epochs=1, lr_decay_epochs="1"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             os.path.join(ROOT, "train_teacher.py"), "-cfg", cfg],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "x 2 processes" in result.stdout
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert log.count("\nepoch 1 ") == 1  # rank 0 alone writes
+    assert (tmp_path / "run" / "resnet8_last.pth").exists()
+
+
+def test_batch_must_split_evenly(write_cfg, synthetic_dir, tmp_path):
+    from helper import distributed
+    from helper.errors import UserError
+    with pytest.raises(UserError, match="not divisible"):
+        distributed.check_batch(63, distributed.Context(0, 2, 0))
