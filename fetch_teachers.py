@@ -31,7 +31,7 @@ def parse_args(argv=None):
     p.add_argument('--verify', action='store_true',
                    help='evaluate each teacher on the CIFAR-100 test set; fail if it is more '
                         'than 1 point below the published top-1')
-    p.add_argument('--data_dir', default='./data',
+    p.add_argument('--data_dir', default='./data/cifar100',
                    help='CIFAR-100 folder for --verify (downloaded there if missing)')
     p.add_argument('--batch_size', type=int, default=256, help='batch size for --verify')
     p.add_argument('--device', default=None, help='device for --verify (default: cuda if available)')

@@ -49,8 +49,8 @@ def distance_structure_loss(x_s, x_t, dim):
 
 
 def rkd_angle(f_s, f_t):
-    """RKD angle term: smooth L1 between the cosines <e_ij, e_kj> of the normalised difference
-    vectors e_ij = normalize(x_i - x_j) of every triplet (teacher side without gradient)."""
+    """RKD angle term: smooth L1 between the cosines <e_ij, e_ik> of the normalised difference
+    vectors e_ij = normalize(x_j - x_i) of every triplet (teacher side without gradient)."""
     def angles(x):
         x = x.flatten(1)
         e = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2)  # e[i, j] = x_j - x_i

@@ -7,6 +7,7 @@ reads the papers' `5e-4` as a string, and `'150,180,210'` is a list of epochs).
 """
 import copy
 import difflib
+import json
 import os
 import warnings
 
@@ -158,9 +159,10 @@ def read_yaml(path):
         with open(path) as f:
             data = yaml.safe_load(f)
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
+        mark, opened = e.problem_mark, e.context_mark
         line = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
-        raise UserError(f"YAML syntax error in {path}:{line} {e.problem}") from None
+        context = f" ({e.context} at line {opened.line + 1})" if opened else ""
+        raise UserError(f"YAML syntax error in {path}:{line} {e.problem}{context}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read config {path}: {e}") from None
     if data is None:
@@ -264,8 +266,7 @@ def dump(cfg):
     """The effective config as YAML, one documented key a line."""
     lines = []
     for key, value in to_dict(cfg).items():
-        text = yaml.safe_dump({key: value}, default_flow_style=True).strip()
-        lines.append(f"{text}  # {DOC[key]}")
+        lines.append(f"{key}: {json.dumps(value)}  # {DOC[key]}")  # JSON values are valid YAML
     return "\n".join(lines) + "\n"
 
 

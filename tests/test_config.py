@@ -139,3 +139,10 @@ def test_defaults_are_fresh_copies():
     a.lr_decay_epochs.append(5)
     assert b.lr_decay_epochs == [150, 180, 210]
     assert yaml.safe_load(dump(b))["lr_decay_epochs"] == [150, 180, 210]
+
+
+def test_readme_documents_every_key():
+    import os
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    missing = [key for key, _, _ in KEYS if f"| `{key}` |" not in readme]
+    assert not missing, f"README's key table lacks {missing}"

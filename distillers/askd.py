@@ -1,0 +1,72 @@
+"""ASKD: "Attribute Structure Knowledge Distillation" (code: Crishawy/ASKD).
+
+Two structure losses, each a smooth L1 (mean over all entries) between the student's and the
+teacher's normalised distance matrices (`functional.normalized_distances`: pairwise distances
+clamped at 1e-12 before the square root, zero diagonal, divided by the mean of the positive
+entries over the whole batch; the teacher's without gradient):
+- class structure L_cs, on the raw logits z (B, K): per sample the K x K matrix |z_i - z_j|;
+- region structure L_rs, on the feature maps of `group` (res_last: feats[-2]; res_group:
+  feats[1:-1]; target: feats[layer]), the student's passed through a trainable 1x1 conv (with
+  bias) to the teacher's channels: each square map average-pooled into r'^2 regions per channel
+  (r' = min(r, H_s, H_t), kernel = stride = H // r'), then per sample and channel the
+  r'^2 x r'^2 matrix |p_a - p_b|; summed over the maps.
+L_method = w_rs * L_rs + w_cs * L_cs (returned as two terms; a zero weight skips its term,
+and w_rs 0 builds no 1x1 conv).
+"""
+import torch.nn as nn
+
+from helper.errors import UserError
+
+from .base import Distiller
+from .functional import distance_structure_loss, region_structure_loss
+
+
+class ASKD(Distiller):
+    def __init__(self, student, teacher, cfg, train_targets=None):
+        super().__init__(student, teacher, cfg)
+        if cfg.r < 1:
+            raise UserError(f"ASKD needs r >= 1 (regions per side), got r {cfg.r}")
+        self.r, self.w_rs, self.w_cs = int(cfg.r), float(cfg.w_rs), float(cfg.w_cs)
+        feats_s, feats_t = self.probe_feats(student), self.probe_feats(teacher)
+        # w_rs 0: no region term, so no 1x1 convs (no parameter without a gradient under DDP)
+        self.positions = self._positions(cfg, len(feats_s), len(feats_t)) if self.w_rs else []
+        self.adapters = nn.ModuleList()
+        for i_s, i_t in self.positions:
+            f_s, f_t = feats_s[i_s], feats_t[i_t]
+            if f_s.dim() != 4 or f_t.dim() != 4 or f_s.shape[2] != f_s.shape[3] \
+                    or f_t.shape[2] != f_t.shape[3]:
+                raise UserError(f"ASKD's region structure needs square feature maps, got "
+                                f"{tuple(f_s.shape[1:])} (student) and {tuple(f_t.shape[1:])} "
+                                f"(teacher): choose another group or layer")
+            h_s, h_t = f_s.shape[2], f_t.shape[2]
+            r = min(self.r, h_s, h_t)
+            if h_s // (h_s // r) != h_t // (h_t // r):
+                raise UserError(f"ASKD: the student's {h_s}x{h_s} map and the teacher's {h_t}x{h_t} "
+                                f"map do not split into the same regions with r {self.r}: "
+                                f"choose an r that divides both sizes")
+            self.adapters.append(nn.Conv2d(f_s.shape[1], f_t.shape[1], kernel_size=1))
+
+    @staticmethod
+    def _positions(cfg, n_s, n_t):
+        """(student index, teacher index) of each map, as the original's slices of feats."""
+        if cfg.group == "res_last":
+            return [(-2, -2)]
+        if cfg.group == "res_group":
+            return [(i, i) for i in range(1, min(n_s, n_t) - 1)]
+        if cfg.group == "target":
+            maps = min(n_s, n_t) - 1  # the last feature is the pooled vector
+            if not 0 <= cfg.layer < maps:
+                raise UserError(f"ASKD group target: layer {cfg.layer} is out of range; this pair "
+                                f"has feature maps 0..{maps - 1}: set layer to one of them")
+            return [(int(cfg.layer), int(cfg.layer))]
+        raise UserError(f"ASKD group must be res_last, res_group or target, got '{cfg.group}'")
+
+    def method_losses(self, feats_s, logits_s, feats_t, logits_t, target, index):
+        terms = {}
+        if self.w_rs:
+            terms["askd_rs"] = self.w_rs * sum(
+                region_structure_loss(adapter(feats_s[i_s]), feats_t[i_t], self.r)
+                for adapter, (i_s, i_t) in zip(self.adapters, self.positions))
+        if self.w_cs:
+            terms["askd_cs"] = self.w_cs * distance_structure_loss(logits_s, logits_t, dim=1)
+        return terms

@@ -1,0 +1,12 @@
+"""SP: Tung & Mori, "Similarity-Preserving Knowledge Distillation" (ICCV 2019).
+
+On feats[-2]: G = F F^T over the batch (F: the maps flattened per sample), rows L2-normalised;
+L = ||G_t - G_s||_F^2 / B^2.
+"""
+from .base import Distiller
+from .functional import similarity_loss
+
+
+class SP(Distiller):
+    def method_losses(self, feats_s, logits_s, feats_t, logits_t, target, index):
+        return {"sp": similarity_loss(feats_s[-2], feats_t[-2])}

@@ -1,0 +1,134 @@
+"""Every shipped distillation config builds and steps; every method lowers its losses; KD with a
+trained teacher beats the student alone on a data-poor synthetic task."""
+import glob
+import os
+
+import pytest
+import torch
+
+import dataset
+from distillers import build
+from helper.config import load_config
+from helper.trainer import Trainer
+from models import model_dict
+from runs import ROOT, run_script, tiny_config, weights
+
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "kds", "*", "*.yaml")))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_paper_grid_is_shipped():
+    methods = {os.path.basename(os.path.dirname(p)) for p in CONFIGS}
+    assert methods == {"kd", "fitnet", "at", "fsp", "rkd", "cc", "sp", "crd", "ours"}
+    assert len(CONFIGS) == 8 * 11 + 4
+
+
+@pytest.fixture(scope="module")
+def models_cache():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            torch.manual_seed(0)
+            cache[name] = model_dict[name](num_classes=100)
+        return cache[name]
+    return get
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: "/".join(p.split(os.sep)[-2:]))
+def test_every_shipped_config_builds_and_steps(path, synthetic_dir, models_cache):
+    cfg = load_config(path, ["dataset", "synthetic", "data_dir", synthetic_dir, "synthetic_train_size", "600",
+                             "synthetic_test_size", "200", "nce_k", "64", "device", "cpu",
+                             "learning_rate", "0.01"], "student")
+    torch.manual_seed(0)
+    student = model_dict[cfg.model_s](num_classes=100)
+    teacher = models_cache(cfg.model_t)
+    targets = torch.as_tensor(dataset.read_split(synthetic_dir, "train")[1])
+    distiller = build(cfg, student, teacher, targets)
+    trainer = Trainer(cfg, distiller, None, None, None, None, torch.device("cpu"))
+    image, target, index = torch.randn(4, 3, 32, 32), targets[:4], torch.arange(4)
+    stage = distiller.init_stage()
+    if stage is not None:
+        modules, compute = stage
+        _, losses, loss = trainer.step(trainer.make_optimizer(modules.parameters()),
+                                       lambda *b: (None, compute(*b)), image, target, index)
+        assert torch.isfinite(loss)
+    logits, losses, loss = trainer.step(trainer.optimizer, distiller, image, target, index)
+    assert logits.shape == (4, 100) and torch.isfinite(loss)
+    expected = {"kd": {"ce", "kd"}, "fsp": {"ce"}}.get(cfg.distill, None)
+    if expected is not None:
+        assert set(losses) == expected
+    else:
+        assert len(losses) >= 2  # ce and the method's own term(s)
+
+
+METHODS = ["kd", "hint", "attention", "similarity", "correlation", "rkd", "fsp", "crd", "ASKD"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_short_run_lowers_the_method_losses(method, synthetic_dir, write_cfg):
+    """Twenty steps on one fixed batch, trained on the method's terms alone (gamma 0): each goes down."""
+    cfg = load_config(write_cfg(dict(model_s="resnet8", model_t="resnet14", path_t="unused", distill=method,
+                                     gamma=0.0,
+                                     alpha=0.9 if method == "kd" else 0.0, nce_k=64, feat_dim=32,
+                                     beta=0.02 if method == "correlation" else 1.0,  # CC's paper weight
+                                     learning_rate=0.02, epochs=1, lr_decay_epochs="1")), script="student")
+    torch.manual_seed(0)
+    teacher, student = model_dict["resnet14"](num_classes=100), model_dict["resnet8"](num_classes=100)
+    images, targets = dataset.read_split(synthetic_dir, "train")
+    targets = torch.as_tensor(targets)
+    distiller = build(cfg, student, teacher, targets)
+    trainer = Trainer(cfg, distiller, None, None, None, None, torch.device("cpu"))
+    batch = torch.randn(16, 3, 32, 32), targets[:16], torch.arange(16)
+    stage = distiller.init_stage()
+    if stage is not None:  # FSP: its loss lives in the init stage
+        modules, compute = stage
+        optimizer = trainer.make_optimizer(modules.parameters())
+        step = lambda: trainer.step(optimizer, lambda *b: (None, compute(*b)), *batch)  # noqa: E731
+    else:
+        step = lambda: trainer.step(trainer.optimizer, distiller, *batch)  # noqa: E731
+    first = {k: v.item() for k, v in step()[1].items()}
+    for _ in range(20):
+        last = {k: v.item() for k, v in step()[1].items()}
+    assert first.keys() == last.keys()
+    terms = [name for name in first if name != "ce"]
+    assert terms
+    for name in terms:
+        assert last[name] < first[name], (name, first[name], last[name])
+
+
+def test_kd_from_a_trained_teacher_beats_the_student_alone(tmp_path, write_cfg):
+    """The teacher learns from 3000 images; the student sees only 300 (3 per class), alone or
+    with Hinton KD. ASKD's figure is printed, not asserted: whether it helps here is a
+    research result, not a property of the code."""
+    data = str(tmp_path / "data")
+    common = dict(synthetic_test_size=1000, synthetic_noise=2.0, batch_size=50, print_freq=100)
+    teacher_cfg = tiny_config(data, str(tmp_path / "teacher"), model="resnet14", synthetic_train_size=3000,
+                              epochs=4, lr_decay_epochs="3", **common)
+    code, _, err = run_script("train_teacher.py", write_cfg(teacher_cfg))
+    assert code == 0, err
+    path_t = str(tmp_path / "teacher" / "resnet14_last.pth")
+    poor = str(tmp_path / "poor")
+    student = dict(common, synthetic_train_size=300, epochs=12, lr_decay_epochs="9")
+    results = {}
+    for name, method in (("alone", dict(model="resnet8")),
+                         ("kd", dict(model_s="resnet8", model_t="resnet14", path_t=path_t, distill="kd",
+                                     alpha=0.9, beta=0.0)),
+                         ("askd", dict(model_s="resnet8", model_t="resnet14", path_t=path_t, distill="ASKD",
+                                       alpha=0.0, beta=1.0, r=2))):
+        cfg = tiny_config(poor, str(tmp_path / name), **student, **method)
+        if name != "alone":
+            cfg.pop("model")
+        code, _, err = run_script("train_teacher.py" if name == "alone" else "train_student.py", write_cfg(cfg))
+        assert code == 0, err
+        last = [line for line in open(tmp_path / name / "log.txt") if line.startswith("epoch ")][-1].split()
+        results[name] = float(last[last.index("test_acc") + 1])
+    print(f"\ndata-poor synthetic task, final test top-1: {results}")
+    assert results["kd"] > results["alone"] + 3.0, results
