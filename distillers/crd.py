@@ -15,6 +15,8 @@ Memories and Z are buffers: they are saved in the distiller's state_dict, so res
 import torch
 import torch.nn as nn
 
+from helper.distributed import all_gather_cat, all_reduce_sum, world_size
+
 from .base import Distiller
 from .cc import LinearEmbed
 from .crd_sampling import ContrastSampler
@@ -34,6 +36,7 @@ class ContrastMemory(nn.Module):
         self.register_buffer("memory_s", torch.rand(n_data, feat_dim) * 2 * stdv - stdv)
         self.register_buffer("memory_t", torch.rand(n_data, feat_dim) * 2 * stdv - stdv)
         self.register_buffer("z", torch.full((2,), -1.0))               # (Z_s, Z_t); < 0: unset
+        self.z_checked = False  # whether z is known to be set (checked once: it costs a sync)
 
     def scores(self, v_s, v_t, contrast_index):
         """Normalised scores (B, 1 + K): the student anchor against memory_t, and the teacher
@@ -41,10 +44,12 @@ class ContrastMemory(nn.Module):
         with torch.autocast(v_s.device.type, enabled=False):
             exp_s = self._exp_scores(self.memory_t, v_s, contrast_index)
             exp_t = self._exp_scores(self.memory_s, v_t, contrast_index)
-            first = torch.stack([exp_s.mean(), exp_t.mean()]).detach() * self.n_data
-            z = torch.where(self.z < 0, first, self.z)
-            self.z.copy_(z)
-            return exp_s / z[0], exp_t / z[1]
+            if not self.z_checked:
+                if (self.z < 0).any():  # the first batch of the run: under DDP, of every rank
+                    first = torch.stack([exp_s.mean(), exp_t.mean()]).detach() * self.n_data
+                    self.z.copy_(all_reduce_sum(first) / world_size())
+                self.z_checked = True
+            return exp_s / self.z[0], exp_t / self.z[1]
 
     def _exp_scores(self, memory, v, contrast_index):
         """exp(<memory[j], v_b> / nce_t) for j in contrast_index[b]: one (N, B) product and a
@@ -93,5 +98,6 @@ class CRD(Distiller):
             raise ValueError("CRD needs the batch's indices into the training set")
         v_s, v_t = self.embed_s(feats_s[-1]), self.embed_t(feats_t[-1])
         loss_s, loss_t = self.memory(v_s, v_t, self.sampler(index, target))
-        self.memory.update(v_s.detach(), v_t.detach(), index)
+        # every rank moves the memory rows of the whole global batch, so the memories stay equal
+        self.memory.update(all_gather_cat(v_s.detach()), all_gather_cat(v_t.detach()), all_gather_cat(index))
         return {"crd": loss_s + loss_t}

@@ -65,6 +65,10 @@ def check_batch(batch_size, ctx):
                         f"each takes an equal share of the run's batch")
 
 
+def world_size():
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def all_reduce_sum(tensor):
     if dist.is_initialized():
         dist.all_reduce(tensor)

@@ -36,8 +36,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def _worker(rank, world_size, port, cfg_path, out_dir, toy):
-    """One rank: the real train_teacher.py main, with rank-local state saved at the end."""
+def _worker(rank, world_size, port, cfg_path, out_dir, toy, script):
+    """One rank: the real training script's main, with rank-local state saved at the end."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if world_size == 1:
@@ -58,12 +58,12 @@ def _worker(rank, world_size, port, cfg_path, out_dir, toy):
         return result
     trainer.Trainer.fit = fit_and_save
     import runpy
-    sys.argv = ["train_teacher.py", "-cfg", cfg_path]
-    runpy.run_path(os.path.join(ROOT, "train_teacher.py"), run_name="__main__")
+    sys.argv = [script, "-cfg", cfg_path]
+    runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
 
 
-def launch(world_size, cfg_path, out_dir, toy):
-    mp.start_processes(_worker, args=(world_size, free_port(), cfg_path, str(out_dir), toy),
+def launch(world_size, cfg_path, out_dir, toy=False, script="train_teacher.py"):
+    mp.start_processes(_worker, args=(world_size, free_port(), cfg_path, str(out_dir), toy, script),
                        nprocs=world_size, start_method="spawn")
 
 
@@ -76,6 +76,19 @@ def test_two_ranks_end_bit_identical(write_cfg, synthetic_dir, tmp_path):
         assert torch.equal(a[key], b[key]), key
     last = load_checkpoint(str(tmp_path / "run" / "resnet8_last.pth"))["model"]
     assert torch.equal(last["fc.weight"], a["student.fc.weight"])
+
+
+def test_crd_memory_stays_identical_across_ranks(write_cfg, synthetic_dir, tmp_path):
+    teacher = tmp_path / "resnet14.pth"
+    torch.save({"model": __import__("models").model_dict["resnet14"](num_classes=100).state_dict()}, teacher)
+    cfg = tiny_config(synthetic_dir, str(tmp_path / "run"), model_s="resnet8", model_t="resnet14",
+                      path_t=str(teacher), distill="crd", beta=0.8, nce_k=64, feat_dim=16)
+    cfg.pop("model")
+    launch(2, write_cfg(cfg), tmp_path, script="train_student.py")
+    a, b = (torch.load(tmp_path / f"rank{r}_of2.pt") for r in range(2))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert (a["memory.z"] > 0).all()
 
 
 def test_two_ranks_match_one_process_over_the_same_global_batches(write_cfg, synthetic_dir, tmp_path):
