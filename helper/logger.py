@@ -17,8 +17,11 @@ class RunLogger:
 
     def message(self, text):
         print(text, flush=True)
+        self.write_lines([text])
+
+    def write_lines(self, lines):
         with open(self.path, "a") as f:
-            f.write(text + "\n")
+            f.writelines(line + "\n" for line in lines)
 
     def epoch(self, epoch, scalars):
         """One line of `key value` pairs for the epoch, and the same scalars to tensorboard."""

@@ -26,7 +26,8 @@ def run_path(cfg, script):
 
 
 class RunFolder:
-    """Opens (or creates) the run folder of `cfg`; `resume_state` is the latest.pth to continue."""
+    """The run folder of `cfg`: `resume_state` is the latest.pth to continue (or None);
+    `create()` makes the folder, once every check of the run has passed."""
 
     def __init__(self, cfg, script, write=True):
         self.path = run_path(cfg, script)
@@ -34,8 +35,6 @@ class RunFolder:
         self.config_dict = to_dict(cfg)
         self.write = write  # False on DDP ranks other than 0
         self.resume_state = self.find_resume(cfg)
-        if write:
-            self.create(cfg)
 
     def file(self, name):
         return os.path.join(self.path, name)

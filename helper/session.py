@@ -31,16 +31,29 @@ class Session:
             self.train_loader = dataset.build_train_loader(cfg, ctx.rank, ctx.world_size)
             self.test_loader = dataset.build_test_loader(cfg.data_dir, batch_size=256,
                                                          num_workers=cfg.num_workers, download=False)
-        if ctx.is_main:
-            self.run.create(cfg)
-        self.logger = RunLogger(self.run.path, cfg.tensorboard) if ctx.is_main else NullLogger()
+        self.logger, self.early_lines = None, []
         state = self.run.resume_state
         self.log(f"run folder {self.run.path} on {self.device}" +
                  (f" x {ctx.world_size} processes" if ctx.enabled else "") +
                  (f", resuming after epoch {state['epoch']}" if state else ""))
 
     def log(self, text):
-        self.logger.message(text)
+        """Print now; written to log.txt once the run folder is created (after every check)."""
+        if self.logger is None:
+            if self.ctx.is_main:
+                print(text, flush=True)
+            self.early_lines.append(text)
+        else:
+            self.logger.message(text)
+
+    def open_run_folder(self):
+        """Create the run folder: only once everything that could fail on bad input has passed."""
+        if not self.ctx.is_main:
+            self.logger = NullLogger()
+            return
+        self.run.create(self.cfg)
+        self.logger = RunLogger(self.run.path, self.cfg.tensorboard)
+        self.logger.write_lines(self.early_lines)
 
     def build_model(self, name):
         seed_everything(self.cfg.seed, "weights", name)
@@ -58,6 +71,7 @@ class Session:
         from distillers import build
         targets = torch.as_tensor(self.train_loader.dataset.targets)
         distiller = build(self.cfg, student, teacher, targets).to(self.device)
+        self.open_run_folder()
         trainer = Trainer(self.cfg, distiller, self.train_loader, self.test_loader, self.run,
                           self.logger, self.device, self.ctx)
         try:
