@@ -1,0 +1,404 @@
+"""Run the paper's tables as a sweep: every (method, pair, seed) of the grid as its own run.
+
+    python sweep.py --table similar --methods kd ours vanilla --seeds 3 --executor local
+    python sweep.py --table all --seeds 3 --executor slurm --partition gpu --time 24:00:00
+    python sweep.py --pairs res110_res20 --methods kd --seeds 2 --dry-run --set epochs 1 lr_decay_epochs 1
+
+A run is one shipped config (configs/kds/<method>/<pair>.yaml, or for the `vanilla` row
+configs/train_vanilla/<student>.yaml through train_teacher.py) with `seed <s>`, its own
+save_folder `<save_root>/<table>/<method>/<pair or student>/seed_<s>` and the `--set` overrides.
+Finished runs (latest.pth finished at the configured epochs) are skipped; interrupted ones are
+launched again and resume by themselves. `--executor local` runs one process per visible GPU
+(or `--jobs` at once; one after the other on a CPU-only machine); `--executor slurm` submits one
+submitit job array (`--wait` to wait for it and report failures). Exit status 1 if a run failed.
+"""
+import argparse
+import concurrent.futures
+import difflib
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+
+from helper.cli import run_main
+from helper.errors import UserError
+from helper.grid import (METHODS, ROOT, TABLES, VANILLA, method_config, pair_models, paper, run_state,
+                         vanilla_config)
+
+SWEEP_SETS = ("seed", "save_folder")  # keys the sweep sets for every run itself
+OUTPUT = "stdout.txt"  # the console output of a local run, appended in its run folder
+
+
+class Interrupted(UserError):
+    exit_code = 130
+
+
+@dataclass
+class Run:
+    name: str            # <table>/<method>/<pair or student>/seed_<s>
+    method: str
+    script: str          # train_student.py or train_teacher.py
+    cfg_path: str
+    overrides: list
+    folder: str = ""     # the run folder (from the effective config)
+    epochs: int = 0
+    path_t: str = ""
+    state: str = "new"   # new, unfinished, finished, unreadable
+    done_epochs: int = 0
+    result: dict = field(default_factory=dict)
+    cfg: object = None   # the effective config
+
+    @property
+    def command(self):
+        return [sys.executable, os.path.join(ROOT, self.script), "-cfg", self.cfg_path,
+                *map(str, self.overrides)]
+
+    def shell(self):
+        return " ".join(_quote(a) for a in [os.path.basename(sys.executable)] + self.command[1:])
+
+
+def _quote(arg):
+    return arg if re.fullmatch(r"[\w@%+=:,./-]+", arg) else "'" + arg.replace("'", "'\\''") + "'"
+
+
+# ----------------------------------------------------------------------------- arguments
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        description=__doc__.strip().splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.strip().splitlines()[2:5]))
+    p.add_argument("--table", default="all", choices=(*TABLES, "all"), help="which table (default: all)")
+    p.add_argument("--methods", nargs="+", default=None, metavar="M",
+                   help=f"rows to run: {' '.join(METHODS)} {VANILLA} (default: all of them)")
+    p.add_argument("--pairs", nargs="+", default=None, metavar="PAIR",
+                   help="columns to run, e.g. resnet32x4_resnet8x4 (default: every pair of the table)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell (default: 3)")
+    p.add_argument("--executor", default="local", choices=("local", "slurm"), help="default: local")
+    p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                   help="print the runs and their state; launch nothing")
+    p.add_argument("--save_root", default=os.path.join("save", "sweep"),
+                   help="root of the run folders (default: save/sweep)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY VALUE",
+                   help="config overrides applied to every run, e.g. --set epochs 1 lr_decay_epochs 1")
+    p.add_argument("--teacher_dir", default=None,
+                   help="folder holding <model_t>_vanilla.pth (default: the configs' path_t)")
+    local = p.add_argument_group("local executor")
+    local.add_argument("--gpus", default=None,
+                       help="comma-separated GPU ids to use (default: every visible GPU)")
+    local.add_argument("--jobs", type=int, default=None,
+                       help="runs at once (default: one per GPU; 1 without GPU)")
+    slurm = p.add_argument_group("slurm executor (submitit)")
+    slurm.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's)")
+    slurm.add_argument("--time", default="24:00:00", help="time limit per run: minutes or [D-]HH:MM:SS")
+    slurm.add_argument("--gpus_per_node", type=int, default=1, help="GPUs per run (default: 1)")
+    slurm.add_argument("--cpus_per_task", type=int, default=None, help="CPUs per run (default: the cluster's)")
+    slurm.add_argument("--array_parallelism", type=int, default=None, help="runs of the array at once")
+    slurm.add_argument("--slurm_log_dir", default=None, help="submitit's folder (default: <save_root>/slurm_logs)")
+    slurm.add_argument("--wait", action="store_true", help="wait for the jobs; report and exit 1 on failure")
+    slurm.add_argument("--cluster", default="slurm", choices=("slurm", "local", "debug"),
+                       help="submitit backend: slurm, or local/debug to try the path without Slurm")
+    args = p.parse_args(argv)
+    if len(args.overrides) % 2:
+        raise UserError(f"--set takes KEY VALUE pairs; '{args.overrides[-1]}' has no value")
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    keys = args.overrides[::2]
+    for key in SWEEP_SETS:
+        if key in keys:
+            raise UserError(f"--set {key} is chosen by the sweep for every run; use --seeds / --save_root")
+    if args.teacher_dir and "path_t" in keys:
+        raise UserError("give either --teacher_dir or --set path_t, not both")
+    args.timeout_min = timeout_minutes(args.time)
+    return args
+
+
+def _unknown(kind, name, valid):
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return UserError(f"unknown {kind} '{name}'{hint}; valid: {', '.join(valid)}")
+
+
+# ----------------------------------------------------------------------------- the grid
+
+def plan(args):
+    """The runs of the grid selected by `args`, in table order, each checked by loading its config."""
+    data = paper()["tables"]
+    tables = TABLES if args.table == "all" else (args.table,)
+    valid_methods = (*METHODS, VANILLA)
+    methods = args.methods or list(valid_methods)
+    for m in methods:
+        if m not in valid_methods:
+            raise _unknown("method", m, valid_methods)
+    all_pairs = [p for t in tables for p in data[t]["pairs"]]
+    for p in args.pairs or ():
+        if p not in all_pairs:
+            other = [t for t in TABLES if p in data[t]["pairs"]]
+            if other:
+                raise UserError(f"pair '{p}' is in the '{other[0]}' table, not in --table {args.table}")
+            raise _unknown("pair", p, all_pairs)
+    runs, names, notes = [], set(), []
+    for table in tables:
+        pairs = [p for p in data[table]["pairs"] if not args.pairs or p in args.pairs]
+        for method in (m for m in valid_methods if m in methods):
+            for pair in pairs:
+                if method == VANILLA:
+                    cfg_path, script, cell = vanilla_config(pair_models(pair)[1]), "train_teacher.py", pair_models(pair)[1]
+                else:
+                    cfg_path, script, cell = method_config(method, pair), "train_student.py", pair
+                    if cfg_path is None:
+                        notes.append((method, pair))
+                        continue
+                for seed in range(args.seeds):
+                    name = f"{table}/{method}/{cell}/seed_{seed}"
+                    if name in names:  # one vanilla run per student model
+                        continue
+                    names.add(name)
+                    overrides = list(args.overrides) + ["seed", seed, "save_folder",
+                                                        os.path.join(args.save_root, name)]
+                    if args.teacher_dir and script == "train_student.py":
+                        overrides += ["path_t", os.path.join(args.teacher_dir, f"{pair_models(pair)[0]}_vanilla.pth")]
+                    runs.append(Run(name, method, script, cfg_path, overrides))
+    if not runs:
+        raise UserError("the selection holds no run: check --table, --methods and --pairs")
+    for method in dict.fromkeys(m for m, _ in notes):
+        pairs = ", ".join(p for m, p in notes if m == method)
+        print(f"note: {method} has no config (N/A in the paper) for {pairs}: left out")
+    for run in runs:
+        resolve(run)
+    return runs
+
+
+def resolve(run):
+    """Load the run's effective config (errors name the run): its folder, epochs and teacher."""
+    from helper.config import load_config
+    from helper.run import run_path
+    kind = "teacher" if run.script == "train_teacher.py" else "student"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cfg = load_config(run.cfg_path, [str(o) for o in run.overrides], kind)
+    except UserError as e:
+        raise UserError(f"{run.name}: {e}") from None
+    run.cfg, run.folder, run.epochs = cfg, run_path(cfg, kind), cfg.epochs
+    run.path_t = cfg.path_t if kind == "student" else ""
+    run.state, run.done_epochs, _ = run_state(run.folder, run.epochs)
+
+
+def visible_gpus(spec=None):
+    """GPU ids for CUDA_VISIBLE_DEVICES: `spec` ('0,1'), else the visible ones."""
+    if spec:
+        return [g.strip() for g in spec.split(",") if g.strip()]
+    import torch
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids = [g.strip() for g in env.split(",") if g.strip()]
+        return ids[:count]
+    return [str(i) for i in range(count)]
+
+
+def prepare_data(runs):
+    """Write / download each data set the runs use once, before runs that share it start at once."""
+    import dataset
+    seen = set()
+    for run in runs:
+        cfg = run.cfg
+        key = (cfg.dataset, os.path.abspath(cfg.data_dir), cfg.synthetic_train_size, cfg.synthetic_test_size,
+               cfg.synthetic_seed, cfg.synthetic_noise)
+        if key not in seen:
+            seen.add(key)
+            dataset.prepare_data(cfg)
+
+
+# ----------------------------------------------------------------------------- local executor
+
+def last_error_line(text):
+    """The line that says why a run failed: its last `error: ...` (a UserError of the scripts),
+    else its last `SomeError: ...` line (an exception), else its last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [m.group(1) for m in (re.search(r"(?:^|: )(error: .*)", line) for line in lines) if m]
+    if errors:
+        return errors[-1]
+    raised = [line for line in lines if re.match(r"[\w.]*(Error|Exception|Interrupt|Exit)\b.*:", line)]
+    return (raised or lines or ["(no output)"])[-1]
+
+
+def run_one(run, gpu=None, stop=None):
+    """Run one training process; its console output is appended to <run folder>/stdout.txt."""
+    if stop is not None and stop.is_set():
+        return {"rc": None, "line": "not started (interrupted)", "seconds": 0.0}
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    os.makedirs(run.folder, exist_ok=True)
+    output = os.path.join(run.folder, OUTPUT)
+    start = time.time()
+    with open(output, "ab") as f:
+        offset = f.tell()
+        f.write(f"$ {run.shell()}\n".encode())
+        f.flush()
+        rc = subprocess.call(run.command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=env)
+    line = ""
+    if rc != 0:
+        with open(output, "rb") as f:
+            f.seek(offset)
+            line = last_error_line(f.read().decode(errors="replace"))
+    return {"rc": rc, "line": line, "seconds": time.time() - start, "output": output}
+
+
+def launch_local(runs, gpus, jobs):
+    slots = queue.Queue()
+    for i in range(jobs):
+        slots.put(gpus[i % len(gpus)] if gpus else None)
+    stop, lock, finished = threading.Event(), threading.Lock(), [0]
+
+    def work(run):
+        gpu = slots.get()
+        try:
+            result = run_one(run, gpu, stop)
+        finally:
+            slots.put(gpu)
+        with lock:
+            finished[0] += 1
+            where = f" on GPU {gpu}" if gpu is not None else ""
+            if result["rc"] == 0:
+                print(f"[{finished[0]}/{len(runs)}] done {run.name}{where} ({result['seconds']:.1f} s)", flush=True)
+            elif result["rc"] is not None:
+                print(f"[{finished[0]}/{len(runs)}] FAILED {run.name}{where}: {result['line']}", flush=True)
+        run.result = result
+
+    where = f"{len(gpus)} GPU(s) ({','.join(gpus)})" if gpus else "the CPU"
+    print(f"launching {len(runs)} run(s) on {where}, {jobs} at a time; output in <run folder>/{OUTPUT}",
+          flush=True)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
+    try:
+        futures = [pool.submit(work, run) for run in runs]
+        for future in concurrent.futures.as_completed(futures):
+            future.result()
+    except KeyboardInterrupt:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)  # the running ones got the SIGINT and save
+        raise Interrupted("interrupted: run the same command again to resume the unfinished runs") from None
+    pool.shutdown(wait=True)
+
+
+# ----------------------------------------------------------------------------- slurm executor
+
+def timeout_minutes(text):
+    """'90' -> 90, '24:00:00' -> 1440, '1-12:00:00' -> 2160, '30:00' (MM:SS) -> 30."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if not match:
+        raise UserError(f"--time must be minutes or [D-]HH:MM:SS, got '{text}'")
+    days, a, b, c = (int(g) if g else None for g in match.groups())
+    if b is None:           # M, or D-H
+        minutes = a * 60 if days is not None else a
+    elif c is None:         # M:S, or D-H:M
+        minutes = a * 60 + b if days is not None else a + (b > 0)
+    else:                   # H:M:S
+        minutes = a * 60 + b + (c > 0)
+    minutes += (days or 0) * 24 * 60
+    if minutes < 1:
+        raise UserError(f"--time must be at least a minute, got '{text}'")
+    return minutes
+
+
+def check_slurm(args):
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise UserError("--executor slurm needs submitit: pip install submitit") from None
+    if args.cluster == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
+        raise UserError("sbatch/srun not found: --executor slurm needs a Slurm cluster (use --executor local here)")
+
+
+def launch_slurm(runs, args):
+    import submitit
+    folder = args.slurm_log_dir or os.path.join(args.save_root, "slurm_logs")
+    executor = submitit.AutoExecutor(folder=folder, cluster=args.cluster)
+    params = dict(name="askd-sweep", timeout_min=args.timeout_min, gpus_per_node=args.gpus_per_node,
+                  cpus_per_task=args.cpus_per_task, slurm_partition=args.partition,
+                  slurm_array_parallelism=args.array_parallelism)
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    cwd = os.getcwd()
+    with executor.batch():
+        jobs = [executor.submit(submitit.helpers.CommandFunction(run.command, cwd=cwd)) for run in runs]
+    print(f"submitted {len(jobs)} run(s) as job array {jobs[0].job_id.split('_')[0]} "
+          f"(submitit folder {folder})", flush=True)
+    if not (args.wait or args.cluster != "slurm"):
+        print("not waiting: run the same command again later to see what finished "
+              "(finished runs are skipped, interrupted ones resubmitted)")
+        return False
+    for i, (run, job) in enumerate(zip(runs, jobs), 1):
+        try:
+            error = job.exception()
+        except Exception as e:  # noqa: BLE001 - the job never completed (cancelled, node failure...)
+            error = e
+        if error is None:
+            run.result = {"rc": 0, "line": ""}
+            print(f"[{i}/{len(runs)}] done {run.name} (job {job.job_id})", flush=True)
+        else:
+            line = last_error_line(str(error))
+            run.result = {"rc": 1, "line": line, "output": str(job.paths.stderr).replace("%t", "0")}
+            print(f"[{i}/{len(runs)}] FAILED {run.name} (job {job.job_id}): {line}", flush=True)
+    return True
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    args = parse_args(argv)
+    runs = plan(args)
+    todo = [r for r in runs if r.state != "finished"]
+    skipped = len(runs) - len(todo)
+    resumes = [r for r in todo if r.state == "unfinished"]
+    missing = sorted({r.path_t for r in todo if r.path_t and not os.path.isfile(r.path_t)})
+    if args.dry_run:
+        for run in runs:
+            state = {"new": "launch", "unfinished": f"resume (after epoch {run.done_epochs})",
+                     "finished": "skip (finished)", "unreadable": "launch (latest.pth unreadable)"}[run.state]
+            print(f"{state:30s} {run.name}\n    {run.shell()}")
+        for path in missing:
+            print(f"warning: teacher checkpoint {path} is missing")
+        print(f"dry run: {len(runs)} run(s): {len(todo)} to launch ({len(resumes)} resumed), "
+              f"{skipped} skipped (finished)")
+        return 0
+    if missing:
+        names = " ".join(sorted({os.path.basename(p)[:-len("_vanilla.pth")] for p in missing}))
+        raise UserError(f"teacher checkpoint(s) missing: {', '.join(missing)}; fetch them with "
+                        f"`python fetch_teachers.py {names}` or point --teacher_dir at their folder")
+    if not todo:
+        print(f"sweep: {len(runs)} run(s): all finished, nothing to launch")
+        return 0
+    if args.executor == "slurm":
+        check_slurm(args)
+    prepare_data(todo)
+    waited = True
+    if args.executor == "local":
+        gpus = visible_gpus(args.gpus)
+        launch_local(todo, gpus, args.jobs or max(1, len(gpus)))
+    else:
+        waited = launch_slurm(todo, args)
+    if not waited:
+        print(f"sweep: {len(runs)} run(s): {len(todo)} submitted ({len(resumes)} resumed), "
+              f"{skipped} skipped (finished)")
+        return 0
+    failed = [r for r in todo if r.result.get("rc") != 0]
+    print(f"sweep: {len(runs)} run(s): {len(todo)} launched ({len(resumes)} resumed), "
+          f"{skipped} skipped (finished), {len(failed)} failed")
+    for run in failed:
+        where = f" (output: {run.result['output']})" if run.result.get("output") else ""
+        print(f"failed: {run.name}: {run.result.get('line', 'not run')}{where}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    run_main(lambda: sys.exit(main()))
