@@ -11,8 +11,6 @@ import pickle
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms
-from torchvision.datasets.utils import download_and_extract_archive
 
 from helper.errors import UserError
 
@@ -41,6 +39,7 @@ def ensure_cifar100(root, download=True):
              f"or extract it there so that {os.path.abspath(split_path(root, 'train'))} exists")
     if not download:
         raise UserError(f"CIFAR-100 not found in {root} and download is off: {where}")
+    from torchvision.datasets.utils import download_and_extract_archive  # slow import: only here
     try:
         download_and_extract_archive(URL, root, filename=ARCHIVE, md5=ARCHIVE_MD5)
     except Exception as e:  # urllib, socket, tarfile and md5 errors all mean the same to the user
@@ -70,6 +69,7 @@ def read_split(root, split):
 
 
 def train_transform():
+    from torchvision import transforms
     return transforms.Compose([
         transforms.RandomCrop(32, padding=4),
         transforms.RandomHorizontalFlip(),
@@ -79,6 +79,7 @@ def train_transform():
 
 
 def test_transform():
+    from torchvision import transforms
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
 
 

@@ -10,7 +10,6 @@ import json
 import os
 import pickle
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

@@ -125,7 +125,7 @@ def _short(msg, limit=160):
 
 
 def load_checkpoint(path):
-    """``torch.load(path)`` on the CPU, weights only, with the CRD numpy scalars allowed.
+    """Load `path` on the CPU, weights only, with the CRD numpy scalars allowed.
 
     Every way the file can be wrong (missing, a directory, empty, truncated, corrupt,
     or a pickle that would run code) becomes a UserError naming the file.

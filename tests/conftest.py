@@ -3,10 +3,17 @@ import os
 import sys
 
 import pytest
+import torch
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+# One thread in this process and in every script the tests start: the tests run several
+# processes at once on a small machine, where 2 threads each crawl; and the in-process and
+# subprocess halves of the resume tests must sum floats in the same order.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

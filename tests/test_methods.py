@@ -11,17 +11,9 @@ from distillers import build
 from helper.config import load_config
 from helper.trainer import Trainer
 from models import model_dict
-from runs import ROOT, run_script, tiny_config, weights
+from runs import ROOT, run_script, tiny_config
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "kds", "*", "*.yaml")))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_paper_grid_is_shipped():

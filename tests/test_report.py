@@ -193,12 +193,7 @@ def real_runs(tmp_path_factory):
     torch.manual_seed(0)
     torch.save({"model": model_dict["resnet110"](num_classes=100).state_dict()}, teacher)
     runs = root / "runs"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # two threads on a busy two-core machine are many times slower
-    try:
-        make_real_runs(runs, data, teacher)
-    finally:
-        torch.set_num_threads(threads)
+    make_real_runs(runs, data, teacher)  # one thread: conftest.py
     return runs
 
 

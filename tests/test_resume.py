@@ -13,16 +13,6 @@ from runs import assert_same_weights, run_script, start_script, tiny_config, wei
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """In-process and subprocess runs must use the same thread count: the order of a float sum,
-    hence the last bit of a gradient, depends on it."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 STUDENT = dict(model_s="resnet8", model_t="resnet14", gamma=1.0, alpha=0.0, beta=1.0)
 METHODS = {
     "teacher": ("train_teacher.py", {}),

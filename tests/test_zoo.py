@@ -30,15 +30,6 @@ def test_model_dict_names():
     assert sorted(model_dict) == sorted(NAMES)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Batch 4 is tiny: one intra-op thread avoids oversubscription stalls on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=NAMES)
 def built(request):
     """(name, float64 model, its filled state, reference figures), built and filled once per name."""
