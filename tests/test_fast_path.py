@@ -8,7 +8,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from dataset.cifar100 import read_split, test_transform
+from dataset import cifar100
+from dataset.cifar100 import read_split
 from dataset.device_loader import crop_flip, normalize
 from distillers import build
 from helper.config import load_config
@@ -26,7 +27,7 @@ def plain_batch(images, dy, dx, flip):
     out = []
     for image, y, x, f in zip(images, dy.tolist(), dx.tolist(), flip.tolist()):
         pil = TF.crop(TF.pad(Image.fromarray(image), 4), y, x, 32, 32)
-        out.append(test_transform()(TF.hflip(pil) if f else pil))
+        out.append(cifar100.test_transform()(TF.hflip(pil) if f else pil))
     return torch.stack(out)
 
 
