@@ -6,12 +6,14 @@ Files (CRD's checkpoint format, so other tools read them): `config.yaml`, `log.t
 (everything a resume needs). Every file is written atomically: complete or absent.
 """
 import os
+import warnings
 
 from . import checkpoint
 from .config import dump, resume_differences, to_dict
 from .errors import UserError
 
 LATEST = "latest.pth"
+PREVIOUS = "latest.prev.pth"  # the state before the last one: a fallback if latest.pth is damaged
 
 
 def run_path(cfg, script):
@@ -39,16 +41,29 @@ class RunFolder:
     def file(self, name):
         return os.path.join(self.path, name)
 
+    def load_latest(self):
+        """latest.pth, or the previous state when latest.pth is missing or damaged."""
+        latest, previous = self.file(LATEST), self.file(PREVIOUS)
+        try:
+            if os.path.exists(latest):
+                return checkpoint.load_checkpoint(latest)
+        except UserError as damaged:
+            if not os.path.exists(previous):
+                raise
+            warnings.warn(f"{damaged}; resuming from the state before it, {previous}")
+        # (latest.pth is also missing for a moment while it is being replaced)
+        return checkpoint.load_checkpoint(previous) if os.path.exists(previous) else None
+
     def find_resume(self, cfg):
-        latest = self.file(LATEST)
-        if not os.path.exists(latest):
+        state = self.load_latest()
+        if state is None:
             if cfg.resume:
-                raise UserError(f"resume asked for, but {latest} does not exist: start without 'resume True'")
+                raise UserError(f"resume asked for, but {self.file(LATEST)} does not exist: "
+                                f"start without 'resume True'")
             if os.path.isdir(self.path) and any(f.endswith(".pth") for f in os.listdir(self.path)):
                 raise UserError(f"{self.path} holds checkpoints of another run: name a new trial "
                                 f"(trial NAME) or another save_folder")
             return None
-        state = checkpoint.load_checkpoint(latest)
         diffs = resume_differences(state["config"], cfg)
         if diffs:
             raise UserError(f"{self.path} holds a run with another config ({'; '.join(diffs)}): "
@@ -90,4 +105,7 @@ class RunFolder:
                                                    "epoch": epoch, "best_acc": best_acc})
 
     def save_latest(self, state):
+        """Keep the previous state as latest.prev.pth, then write the new one."""
+        if self.write and os.path.exists(self.file(LATEST)):
+            os.replace(self.file(LATEST), self.file(PREVIOUS))
         self.save(LATEST, state)

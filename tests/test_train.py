@@ -120,3 +120,26 @@ def test_missing_data_without_download_is_one_line(write_cfg, tmp_path):
                                  dataset="cifar100", download=False))
     code, _, err = run_script("train_teacher.py", path)
     assert code == 2 and err.startswith("error: CIFAR-100 not found") and err.count("\n") == 1
+
+
+def test_damaged_latest_falls_back_to_the_previous_state(teacher_cfg, tmp_path):
+    assert run_script("train_teacher.py", teacher_cfg(epochs=2))[0] == 0
+    run = tmp_path / "run"
+    previous = load_checkpoint(str(run / "latest.prev.pth"))
+    assert previous["epoch"] == 2 and not previous["finished"]
+    latest = run / "latest.pth"
+    latest.write_bytes(latest.read_bytes()[:1000])  # a damaged disk
+    with pytest.warns(UserWarning, match="latest.pth is truncated or corrupt.*latest.prev.pth"):
+        code, out, err = run_script("train_teacher.py", teacher_cfg(epochs=3, lr_decay_epochs="1"))
+    assert code == 0, err
+    assert "resuming after epoch 2" in out
+    assert load_checkpoint(str(latest))["epoch"] == 3
+
+
+def test_damaged_checkpoint_without_fallback_is_named(teacher_cfg, tmp_path):
+    assert run_script("train_teacher.py", teacher_cfg(epochs=1))[0] == 0
+    run = tmp_path / "run"
+    (run / "latest.pth").write_bytes(b"garbage")
+    (run / "latest.prev.pth").unlink()
+    code, _, err = run_script("train_teacher.py", teacher_cfg(epochs=2))
+    assert code == 2 and "latest.pth" in err and err.count("\n") == 1
