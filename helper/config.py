@@ -142,6 +142,8 @@ def coerce(key, value):
             return float(value)
         if value is None:
             return ""
+        if isinstance(value, bool):  # YAML 1.1 reads a bare off/on (no/yes) as a boolean
+            return "on" if value else "off"
         if isinstance(value, (list, dict)):
             raise ValueError
         return str(value)
@@ -185,6 +187,9 @@ def parse_overrides(opts):
         raise UserError(f"overrides come in KEY VALUE pairs; '{opts[-1]}' has no value")
     pairs = []
     for key, text in zip(opts[::2], opts[1::2]):
+        if isinstance(DEFAULTS.get(key), str):
+            pairs.append((key, text))  # text as typed: `amp off`, `trial 007`
+            continue
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:

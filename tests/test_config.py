@@ -146,3 +146,11 @@ def test_readme_documents_every_key():
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
     missing = [key for key, _, _ in KEYS if f"| `{key}` |" not in readme]
     assert not missing, f"README's key table lacks {missing}"
+
+
+def test_text_keys_keep_what_was_typed(write_cfg):
+    cfg = load_config(write_cfg("model: resnet8\namp: off\nepochs: 2\nlr_decay_epochs: 1\n"),
+                      ["trial", "007", "device", "cpu"], "teacher")
+    assert (cfg.amp, cfg.trial, cfg.device) == ("off", "007", "cpu")
+    cfg = load_config(write_cfg("model: resnet8\nepochs: 2\nlr_decay_epochs: 1\n"), ["amp", "off"], "teacher")
+    assert cfg.amp == "off"

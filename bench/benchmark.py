@@ -1,0 +1,483 @@
+"""Speed of the plain path (PIL DataLoader, fp32) against the fast path (DeviceLoader, fp32 and
+bf16 autocast), measured in one process and written into BENCHMARKS.md.
+
+    python bench/benchmark.py [--device cpu|cuda] [--quick] [--steps N] [--repeats R]
+                              [--warmup W] [--cases NAME,...] [--workers N] [--threads N] [--no-write]
+
+    python bench/benchmark.py --device cpu --quick      # the CPU table of BENCHMARKS.md
+    python bench/benchmark.py --device cuda             # a GPU's table (not measured yet)
+
+What it measures, on a CIFAR-100-sized synthetic training set (50000 images, 100 classes,
+written in CIFAR-100's format to a temporary folder and read by the project's own readers, so
+CRD's memory bank and the epoch have the real size):
+1. the data pipeline alone: the plain DataLoader (PIL transforms per image; 0 workers, and
+   --workers workers) against the batched DeviceLoader, images/s;
+2. for each case (teacher training, KD, ASKD x2, CRD, KD to wrn_16_2) and each path: whole
+   training steps as the loop runs them (next batch, to the device, autocast forward, backward,
+   SGD step; the plain path reads the loss every step, the fast path does not), images/s as
+   the median (and the best) over `repeats` blocks of `steps` steps after `warmup` steps, peak
+   memory, and the projected wall time of 240 epochs of 50000 images (training steps only: no
+   evaluation).
+`--quick` on a CPU: 1 warm-up step and 3 one-step blocks per path (2 cores: about 2 minutes
+idle, 9 when other jobs load the machine).
+
+Configs are the paper's YAML files (configs/...) loaded by helper.config.load_config with the
+data/path/precision keys overridden; models come from models.model_dict with random weights
+(speed does not depend on them); distillers from distillers.build. The step is the loop's own
+`Trainer.step` when helper/trainer.py has it (else an equivalent step, said in the output).
+The results replace this device's section of BENCHMARKS.md (other devices' sections are kept).
+"""
+import argparse
+import ctypes
+import datetime
+import gc
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+import dataset  # noqa: E402
+import distillers  # noqa: E402
+from dataset.device_loader import build_fast_loaders  # noqa: E402
+from dataset.synthetic import write_synthetic_cifar100  # noqa: E402
+from helper.config import load_config  # noqa: E402
+from models import model_dict  # noqa: E402
+
+TRAIN_SIZE, EPOCHS = 50000, 240
+MARKDOWN = os.path.join(ROOT, "BENCHMARKS.md")
+
+# name, YAML, script, extra overrides, what it is
+CASES = [
+    ("teacher", "configs/train_vanilla/resnet32x4.yaml", "teacher", ["distill", "vanilla"],
+     "teacher training: resnet32x4, cross-entropy (distiller vanilla)"),
+    ("kd", "configs/kds/kd/resnet32x4_resnet8x4.yaml", "student", [],
+     "KD: resnet32x4 -> resnet8x4"),
+    ("askd_shufflev2", "configs/kds/ours/res32x4_shufflenetv2.yaml", "student", [],
+     "ASKD: resnet32x4 -> ShuffleV2"),
+    ("askd_resnet8x4", "configs/kds/ours/resnet32x4_resnet8x4.yaml", "student", [],
+     "ASKD: resnet32x4 -> resnet8x4"),
+    ("crd", "configs/kds/crd/resnet32x4_resnet8x4.yaml", "student", [],
+     "CRD: resnet32x4 -> resnet8x4, nce_k 16384, memory 2 x 50000 x 128"),
+    ("kd_wrn16_2", "configs/kds/kd/wrn-40-2_wrn-16-2.yaml", "student", [],
+     "KD: wrn_40_2 -> wrn_16_2"),
+]
+MODES = [("plain", "fp32"), ("fast", "fp32"), ("fast", "bf16")]
+AMP = {"fp32": "off", "bf16": "bf16"}
+
+
+# -- machine ------------------------------------------------------------------------------------
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model} ({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)"
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Memory a setup adds at its peak (build + warm-up steps), over what was in use at `start`.
+    CUDA: torch.cuda.max_memory_allocated since `start` minus memory_allocated at `start`
+    (tensors only, caching-allocator slack not counted). CPU: the process's
+    peak resident set (VmHWM) since `start`, which resets it through /proc/self/clear_refs,
+    minus the resident set at `start`; where that reset is refused, ru_maxrss minus its value
+    at `start` (a lower bound: 0 unless the process's all-time peak rises). DataLoader worker
+    processes are not counted on either device."""
+
+    def __init__(self, device):
+        self.device = device
+        self.method = ("torch.cuda.max_memory_allocated minus memory_allocated at the start"
+                       if device.type == "cuda" else None)
+
+    @staticmethod
+    def _status(key):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    def start(self):
+        gc.collect()
+        try:  # hand memory freed by earlier setups back to the OS, so that RSS rises with new use
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.base = self._status("VmRSS")
+            self.method = "peak RSS (VmHWM, reset via /proc/self/clear_refs) minus RSS at the start"
+        except (OSError, KeyError):
+            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self.method = "ru_maxrss delta (lower bound)"
+
+    def peak_mib(self):
+        if self.device.type == "cuda":
+            return (torch.cuda.max_memory_allocated(self.device) - self.base) / 2 ** 20
+        if self.method.startswith("peak RSS"):
+            return (self._status("VmHWM") - self.base) / 2 ** 20
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base) / 2 ** 20
+
+
+# -- data ---------------------------------------------------------------------------------------
+def data_cfg(data_dir, workers, batch_size=64, fast=False):
+    from helper.config import get_cfg_defaults
+    cfg = get_cfg_defaults()
+    cfg.data_dir, cfg.num_workers, cfg.batch_size, cfg.fast = data_dir, workers, batch_size, fast
+    return cfg
+
+
+def images_per_second(loader, batches, device, warm=2):
+    it = iter(loader)
+    for _ in range(warm):
+        next(it)
+    sync(device)
+    start, n = time.perf_counter(), 0
+    for _ in range(batches):
+        image, target, index = next(it)
+        image = image.to(device, non_blocking=True)
+        n += len(target)
+    sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def bench_data(data_dir, device, workers, quick):
+    rows = []
+    threads = torch.get_num_threads()
+    few = 20 if quick else 60
+    for w in sorted({0, workers}):
+        loader = dataset.build_train_loader(data_cfg(data_dir, w))
+        rate = images_per_second(loader, few if w == 0 else 3 * few, device)
+        rows.append(("plain: DataLoader + PIL transforms, per image", f"{w} workers", rate))
+        del loader
+        gc.collect()
+    if device.type == "cpu":
+        settings = sorted({1, threads})
+    else:
+        settings = [threads]
+    for t in settings:
+        torch.set_num_threads(t)
+        loader, _ = build_fast_loaders(data_cfg(data_dir, 0, fast=True), device)
+        rate = images_per_second(loader, 100 if quick else 300, device)
+        where = f"{t} torch thread{'s' if t > 1 else ''}" if device.type == "cpu" else device.type
+        rows.append(("fast: DeviceLoader, batched on the device", where, rate))
+        del loader
+        gc.collect()
+    torch.set_num_threads(threads)
+    return rows
+
+
+# -- training steps -----------------------------------------------------------------------------
+def make_step(cfg, distiller, loader, device):
+    """(step(image, target, index) -> (logits, losses, loss), description): the loop's own
+    Trainer.step when it exists, else the same autocast/backward/SGD step written here."""
+    from helper import trainer as trainer_module
+    if hasattr(trainer_module.Trainer, "step"):
+        try:
+            t = trainer_module.Trainer(cfg, distiller, loader, None, None, None, device)
+            return (lambda image, target, index: t.step(t.optimizer, distiller, image, target, index),
+                    "helper.trainer.Trainer.step")
+        except TypeError:
+            pass
+    optimizer = torch.optim.SGD(distiller.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+
+    def step(image, target, index):
+        with torch.autocast(device.type, dtype=dtype, enabled=cfg.amp != "off"):
+            logits, losses = distiller(image, target, index)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return logits, losses, loss
+    return step, "bench's own step (autocast, backward, SGD), Trainer.step not found"
+
+
+def build_case(case, path, amp, data_dir, device, workers, batch_size):
+    name, yaml_path, script, extra, _ = case
+    overrides = ["dataset", "synthetic", "synthetic_train_size", TRAIN_SIZE, "data_dir", data_dir,
+                 "device", device.type, "fast", path == "fast",
+                 "num_workers", workers, "batch_size", batch_size, "tensorboard", False] + extra
+    if AMP[amp] != "off":  # the YAML override parser reads a bare `off` as false: leave the default
+        overrides += ["amp", AMP[amp]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the paper's low-lr warning for ShuffleV2 and co.
+        cfg = load_config(os.path.join(ROOT, yaml_path), [str(v) for v in overrides], script)
+    torch.manual_seed(0)
+    if script == "teacher":
+        student, teacher = model_dict[cfg.model](num_classes=100).to(device), None
+    else:
+        student = model_dict[cfg.model_s](num_classes=100).to(device)
+        teacher = model_dict[cfg.model_t](num_classes=100).to(device)
+    if path == "fast":
+        loader, _ = build_fast_loaders(cfg, device)
+    else:
+        loader = dataset.build_train_loader(cfg)
+    targets = torch.as_tensor(loader.dataset.targets)
+    distiller = distillers.build(cfg, student, teacher, targets).to(device)
+    distiller.train()
+    return cfg, loader, distiller
+
+
+def run_steps(it, step, device, count, read_every_step):
+    for _ in range(count):
+        image, target, index = next(it)
+        image = image.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        index = index.to(device, non_blocking=True)
+        _, _, loss = step(image, target, index)
+        if read_every_step:
+            loss.item()
+    sync(device)
+
+
+def bench_case(case, args, data_dir, device, memory):
+    """The three paths of one case, built one after the other (peak memory of each measured over
+    its build and warm-up), then timed in interleaved blocks (the order rotating every repeat), so
+    that a shared machine's load drifts hit every path alike. A plain-path DataLoader refills its
+    prefetch queue right after each batch is taken, so its workers' CPU time falls within its
+    own blocks."""
+    setups = []
+    for path, amp in MODES:
+        memory.start()
+        cfg, loader, distiller = build_case(case, path, amp, data_dir, device, args.workers, args.batch_size)
+        step, step_source = make_step(cfg, distiller, loader, device)
+        it = iter(loader)
+        run_steps(it, step, device, args.warmup, path == "plain")
+        setups.append({"key": (case[0], path, amp), "loader": loader, "distiller": distiller,
+                       "step": step, "it": it, "plain": path == "plain", "rates": [],
+                       "peak": memory.peak_mib(), "batch": loader.batch_size})
+    for r in range(args.repeats):
+        for s in setups[r % len(setups):] + setups[:r % len(setups)]:
+            start = time.perf_counter()
+            run_steps(s["it"], s["step"], device, args.steps, s["plain"])
+            s["rates"].append(args.steps * s["batch"] / (time.perf_counter() - start))
+    results = {s["key"]: (statistics.median(s["rates"]), s["rates"], s["peak"]) for s in setups}
+    del setups, it, loader, distiller, step
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return results, step_source
+
+
+# -- report -------------------------------------------------------------------------------------
+def hours(rate):
+    seconds = EPOCHS * TRAIN_SIZE / rate
+    return f"{seconds / 3600:.1f} h" if seconds < 100 * 3600 else f"{seconds / 86400:.0f} d"
+
+
+def targets_table(device, data_rows, results):
+    lines = []
+    if device.type != "cpu":
+        return lines
+    pil = next(rate for _, setting, rate in data_rows if setting == "0 workers")
+    fast1 = next(rate for _, setting, rate in data_rows if setting == "1 torch thread")
+    ratio = fast1 / pil
+    lines.append(("batched augmentation >= 5x faster per image than PIL (1 core each)",
+                  f"{ratio:.0f}x", ratio >= 5, "-"))
+    for name, _, _, _, _ in CASES:
+        got = {(p, a): results.get((name, p, a)) for p, a in MODES}
+        if got[("plain", "fp32")] and got[("fast", "fp32")]:
+            r = got[("fast", "fp32")][0] / got[("plain", "fp32")][0]
+            b = max(got[("fast", "fp32")][1]) / max(got[("plain", "fp32")][1])
+            lines.append((f"{name}: fast fp32 step no slower than plain", f"{r:.2f}x", r >= 1.0, f"{b:.2f}x"))
+    for name in ("kd", "askd_resnet8x4", "crd", "kd_wrn16_2"):
+        got = {(p, a): results.get((name, p, a)) for p, a in MODES}
+        if got[("fast", "fp32")] and got[("fast", "bf16")]:
+            r = got[("fast", "bf16")][0] / got[("fast", "fp32")][0]
+            b = max(got[("fast", "bf16")][1]) / max(got[("fast", "fp32")][1])
+            student = "wrn_16_2" if "wrn" in name else "resnet8x4"
+            lines.append((f"{name} ({student} student): fast bf16 >= 1.3x fast fp32", f"{r:.2f}x", r >= 1.3,
+                          f"{b:.2f}x"))
+    return lines
+
+
+def section(device, args, command, data_rows, results, memory_method, step_source):
+    kind = device.type
+    name = device_name(device)
+    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    out = [f"## {kind.upper()}: {name}", "",
+           f"- measured {now}, torch {torch.__version__}, Python {platform.python_version()}; "
+           f"load average (1/5/15 min) {args.load_before} before and {args.load_after} after the run",
+           f"- command: `{command}`",
+           f"- batch {args.batch_size}; per path {args.warmup} warm-up steps, then the median of "
+           f"{args.repeats} blocks of {args.steps} steps, the three paths of a case interleaved block by "
+           f"block; plain path with {args.workers} DataLoader workers",
+           f"- training step: {step_source}",
+           f"- peak memory: {memory_method}",
+           f"- 240 epochs = {EPOCHS} x {TRAIN_SIZE} images of training steps (evaluation not included)",
+           "- other processes' load only ever slows a block down: the best block is the closer estimate "
+           "of the machine's own speed, the median (what the targets are judged on) includes the noise",
+           "", "### Data pipeline alone", "",
+           "| pipeline | setting | images/s |", "|---|---|---:|"]
+    for what, setting, rate in data_rows:
+        out.append(f"| {what} | {setting} | {rate:,.0f} |")
+    out += ["", "### Training steps", "",
+            "| case | path | precision | images/s (median) | ms/step | vs plain | images/s (best block) "
+            "| vs plain (best) | peak memory added (MiB) | 240 epochs (median) |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for case in CASES:
+        name = case[0]
+        plain = results.get((name, "plain", "fp32"))
+        for p, a in MODES:
+            got = results.get((name, p, a))
+            if got is None:
+                continue
+            rate, rates, peak = got
+            best = max(rates)
+            versus = f"{rate / plain[0]:.2f}x" if plain else "-"
+            versus_best = f"{best / max(plain[1]):.2f}x" if plain else "-"
+            out.append(f"| {case[4]} | {p} | {a} | {rate:,.1f} | {1000 * args.batch_size / rate:,.0f} "
+                       f"| {versus} | {best:,.1f} | {versus_best} | {peak:,.0f} | {hours(rate)} |")
+    checks = targets_table(device, data_rows, results)
+    if checks:
+        out += ["", "### Targets (judged on the medians)", "",
+                "| target | measured (median) | met | measured (best block) |", "|---|---:|---|---:|"]
+        out += [f"| {t} | {m} | {'yes' if ok else '**no**'} | {b} |" for t, m, ok, b in checks]
+    return "\n".join(out) + "\n"
+
+
+PREAMBLE = """# Benchmarks
+
+Plain path (`fast: false`: torch DataLoader, PIL transforms per image, fp32) against the fast
+path (`fast: true`: `dataset/device_loader.py`, the whole split on the device, crop/flip/normalise
+batched; fp32 and `amp: bf16`). Written by
+
+    python bench/benchmark.py [--device cpu|cuda] [--quick] [--steps N] [--repeats R] [--warmup W]
+                              [--cases NAME,...] [--workers N] [--threads N] [--no-write]
+
+which replaces the section of the device it ran on (see the docstring of `bench/benchmark.py`
+for what is measured and how). Teachers have random weights: speed does not depend on them.
+The training set is a 50000-image synthetic set in CIFAR-100's format (the real epoch and CRD
+memory size). Numbers from different machines or torch versions are not comparable.
+"""
+
+UNMEASURED_GPU = """## GPU: unmeasured
+
+No GPU was available where these benchmarks were run: **every GPU figure is unmeasured.**
+Run `python bench/benchmark.py --device cuda` on a CUDA machine to fill this section in.
+"""
+
+
+def write_markdown(kind_key, text):
+    sections = {}
+    if os.path.exists(MARKDOWN):
+        with open(MARKDOWN) as f:
+            old = f.read()
+        for key, body in re.findall(r"<!-- BEGIN (.+?) -->\n(.*?)<!-- END \1 -->\n", old, re.S):
+            sections[key] = body
+    sections[kind_key] = text
+    if any(k.startswith("cuda:") for k in sections):
+        sections.pop("cuda-unmeasured", None)
+    else:
+        sections["cuda-unmeasured"] = UNMEASURED_GPU
+    order = sorted(sections, key=lambda k: (not k.startswith("cpu"), k))
+    with open(MARKDOWN, "w") as f:
+        f.write(PREAMBLE)
+        for key in order:
+            f.write(f"\n<!-- BEGIN {key} -->\n{sections[key]}<!-- END {key} -->\n")
+
+
+# -- main ---------------------------------------------------------------------------------------
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="few steps (a CPU finishes in minutes)")
+    parser.add_argument("--steps", type=int, help="steps per timed block")
+    parser.add_argument("--repeats", type=int, help="timed blocks (the median is reported)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="plain path DataLoader workers (default min(4, cores))")
+    parser.add_argument("--cases", default=",".join(c[0] for c in CASES),
+                        help="comma-separated subset of: " + ", ".join(c[0] for c in CASES))
+    parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    args = parser.parse_args()
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit("--device cuda: CUDA is not available here")
+        torch.backends.cudnn.benchmark = True
+    quick_cpu = args.quick and device.type == "cpu"
+    defaults = (1, 3, 1) if quick_cpu else (3, 5, 10) if args.quick else (5, 7, 30)  # warmup, repeats, steps
+    args.warmup = defaults[0] if args.warmup is None else args.warmup
+    args.repeats = defaults[1] if args.repeats is None else args.repeats
+    args.steps = defaults[2] if args.steps is None else args.steps
+    wanted = args.cases.split(",")
+    unknown = set(wanted) - {c[0] for c in CASES}
+    if unknown:
+        sys.exit(f"unknown case(s) {', '.join(sorted(unknown))}; valid: {', '.join(c[0] for c in CASES)}")
+
+    args.load_before = "%.1f/%.1f/%.1f" % os.getloadavg()
+    print(f"{device_name(device)}, torch {torch.__version__}: {command} (load {args.load_before})", flush=True)
+    data_dir = tempfile.mkdtemp(prefix="askd_bench_")
+    try:
+        start = time.time()
+        write_synthetic_cifar100(data_dir, TRAIN_SIZE, 1000, seed=0)
+        print(f"synthetic set of {TRAIN_SIZE} images written in {time.time() - start:.0f} s", flush=True)
+        data_rows = bench_data(data_dir, device, args.workers, args.quick)
+        for what, setting, rate in data_rows:
+            print(f"data  {what} [{setting}]: {rate:,.0f} images/s", flush=True)
+        memory = PeakMemory(device)
+        results, step_source = {}, ""
+        for case in CASES:
+            if case[0] not in wanted:
+                continue
+            t0 = time.time()
+            got, step_source = bench_case(case, args, data_dir, device, memory)
+            results.update(got)
+            for (name, path, amp), (rate, rates, peak) in got.items():
+                print(f"step  {name:15s} {path:5s} {amp}: {rate:8.1f} images/s "
+                      f"(blocks {', '.join(f'{r:.1f}' for r in rates)}), peak {peak:,.0f} MiB, "
+                      f"240 epochs {hours(rate)}", flush=True)
+            print(f"      [{case[0]}: {time.time() - t0:.0f} s]", flush=True)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    args.load_after = "%.1f/%.1f/%.1f" % os.getloadavg()
+    text = section(device, args, command, data_rows, results, memory.method, step_source)
+    print("\n" + text)
+    if not args.no_write:
+        key = f"{device.type}:{device_name(device).split(' (')[0]}"
+        write_markdown(key, text)
+        print(f"written into {MARKDOWN} (section {key})")
+
+
+if __name__ == "__main__":
+    main()
