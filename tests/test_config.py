@@ -88,7 +88,7 @@ def test_every_key_documented_and_dump_round_trips(write_cfg):
     (["r", "0"], "'r' must be at least 1"),
     (["amp", "fp8"], "'amp' must be one of"),
     (["device", "tpu"], "'device' must be"),
-    (["path_t", "''"], "'path_t' is required"),
+    (["path_t", ""], "'path_t' is required"),
     (["nce_m", "1.5"], "'nce_m' must be in"),
     (["resume", "maybe"], "'resume' expects bool"),
     (["epochs"], "KEY VALUE pairs"),
