@@ -31,7 +31,7 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- saving
 
-def _fsync_dir(folder):
+def fsync_dir(folder):
     """Make a rename in ``folder`` durable; silently skipped where unsupported."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -85,7 +85,7 @@ def save_atomic(obj, path):
                 os.unlink(tmp)
             except OSError:
                 pass
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 # ----------------------------------------------------------------------------- loading

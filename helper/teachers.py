@@ -30,6 +30,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from helper.checkpoint import fsync_dir
 from helper.errors import UserError
 
 REGISTRY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'teachers.json')
@@ -148,19 +149,6 @@ def _remove(*paths):
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_json_atomic(obj, path):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
@@ -174,7 +162,7 @@ def _write_json_atomic(obj, path):
     except BaseException:
         _remove(tmp)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def _local_io(what, path, e):
@@ -501,7 +489,7 @@ class _Fetcher:
         except OSError as e:
             _remove(tmp)
             raise _local_io('install', final, e) from None
-        _fsync_dir(self.dest)
+        fsync_dir(self.dest)
         self.lock.record('teachers', name, digest, os.path.getsize(final), url)
         self.log(f'{name}: installed {final} (sha256 {digest[:16]}...)')
         return digest

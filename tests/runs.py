@@ -38,6 +38,20 @@ def run_script(script, cfg_path, *overrides):
     return code, out.getvalue(), err.getvalue()
 
 
+def call_cli(module, argv):
+    """A command-line module's `main(argv)` in this process, as its command line runs it
+    (through `helper.cli.run_main`): (exit code, stdout + stderr)."""
+    from helper.cli import run_main
+    out = io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            run_main(lambda: sys.exit(module.main(argv)))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return code, out.getvalue()
+
+
 def start_script(script, cfg_path, *overrides):
     """The script as a subprocess (stdout+stderr piped)."""
     return subprocess.Popen([sys.executable, os.path.join(ROOT, script), "-cfg", cfg_path, *map(str, overrides)],

@@ -1,7 +1,5 @@
 """report.py: the paper's tables from run folders, on hand-made logs (aggregation, cells, rules) and
 on real tiny runs of train_teacher.py / train_student.py (tables, unfinished runs, the figure)."""
-import contextlib
-import io
 import os
 import statistics
 import sys
@@ -14,7 +12,7 @@ from helper.checkpoint import load_checkpoint, save_atomic
 from helper.config import dump, load_config
 from helper.grid import CONFIGS, parse_log, read_config, read_log
 from models import model_dict
-from runs import run_script
+from runs import call_cli, run_script
 
 TINY = ["dataset", "synthetic", "synthetic_train_size", "64", "synthetic_test_size", "32", "epochs", "2",
         "lr_decay_epochs", "1", "batch_size", "16", "num_workers", "0", "device", "cpu", "tensorboard", "False",
@@ -22,15 +20,7 @@ TINY = ["dataset", "synthetic", "synthetic_train_size", "64", "synthetic_test_si
 
 
 def call(argv):
-    """report.py with `argv` in this process: (exit code, stdout + stderr)."""
-    out = io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        try:
-            report.run_main(lambda: sys.exit(report.main(argv)))
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue()
+    return call_cli(report, argv)
 
 
 def rows_of(text, table="similar"):

@@ -1,7 +1,5 @@
 """sweep.py: the grid, skipping finished runs, resuming unfinished ones, the local GPU pool, the
 submitit path (its debug executor) and failure reports, on real tiny runs of synthetic data."""
-import contextlib
-import io
 import os
 import subprocess
 
@@ -13,6 +11,7 @@ import sweep
 from helper.checkpoint import load_checkpoint, save_atomic
 from helper.grid import read_config, run_state
 from models import model_dict
+from runs import call_cli
 
 PAIR = "res110_res20"   # the cheapest pair of the tables on a CPU
 TINY = ["dataset", "synthetic", "synthetic_train_size", "64", "synthetic_test_size", "32", "epochs", "1",
@@ -21,15 +20,7 @@ TINY = ["dataset", "synthetic", "synthetic_train_size", "64", "synthetic_test_si
 
 
 def call(argv):
-    """sweep.py with `argv` in this process, as the command line runs it: (exit code, output)."""
-    out = io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        try:
-            sweep.run_main(lambda: sweep.sys.exit(sweep.main(argv)))
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    return code, out.getvalue()
+    return call_cli(sweep, argv)
 
 
 @pytest.fixture(scope="module")
