@@ -1,4 +1,6 @@
 """Everything a training script sets up before the loop: config, device, data, run folder."""
+import os
+
 import torch
 
 import dataset
@@ -6,6 +8,7 @@ from models import model_dict
 
 from . import distributed
 from .config import load_config
+from .errors import UserError
 from .logger import NullLogger, RunLogger
 from .run import RunFolder
 from .trainer import Trainer, pick_device, seed_everything
@@ -21,6 +24,9 @@ class Session:
             self.device = torch.device("cuda", ctx.local_rank)
         torch.backends.cudnn.benchmark = self.device.type == "cuda"
         self.run = RunFolder(cfg, script, write=ctx.is_main)
+        if script == "student" and not os.path.exists(cfg.path_t):  # before any download
+            raise UserError(f"teacher checkpoint {cfg.path_t} not found: python fetch_teachers.py {cfg.model_t} "
+                            f"downloads the paper's, or set path_t")
         if ctx.is_main:
             dataset.prepare_data(cfg)
         distributed.barrier()
