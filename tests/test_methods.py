@@ -124,3 +124,16 @@ def test_kd_from_a_trained_teacher_beats_the_student_alone(tmp_path, write_cfg):
         results[name] = float(last[last.index("test_acc") + 1])
     print(f"\ndata-poor synthetic task, final test top-1: {results}")
     assert results["kd"] > results["alone"] + 3.0, results
+
+
+def test_every_vanilla_config_loads_with_the_paper_protocol():
+    paths = sorted(glob.glob(os.path.join(ROOT, "configs", "train_vanilla", "*.yaml")))
+    names = {os.path.basename(p)[:-5] for p in paths}
+    assert names == {"resnet32x4", "resnet110", "resnet56", "wrn_40_2", "vgg13", "ResNet50", "resnet8x4",
+                     "resnet32", "resnet20", "wrn_16_2", "wrn_40_1", "vgg8", "MobileNetV2", "ShuffleV1",
+                     "ShuffleV2"}
+    for path in paths:
+        cfg = load_config(path, script="teacher")
+        assert (cfg.epochs, cfg.batch_size, cfg.lr_decay_epochs) == (240, 64, [150, 180, 210])
+        assert (cfg.weight_decay, cfg.momentum, cfg.lr_decay_rate) == (5e-4, 0.9, 0.1)
+        assert cfg.learning_rate == (0.01 if cfg.model in ("MobileNetV2", "ShuffleV1", "ShuffleV2") else 0.05)
