@@ -8,6 +8,8 @@ shape changes, and the pre-ReLU output of each stage's last block as its "preact
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .util import run_stages, zoo_output
+
 
 def conv3x3(in_planes, out_planes, stride=1):
     return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
@@ -78,22 +80,10 @@ class ResNet(nn.Module):
         return [self.layer1[-1].bn2, self.layer2[-1].bn2, self.layer3[-1].bn2]
 
     def forward(self, x, is_feat=False, preact=False):
-        x = self.relu(self.bn1(self.conv1(x)))
-        f0 = x
-        x, f1_pre = self.layer1(x)
-        f1 = x
-        x, f2_pre = self.layer2(x)
-        f2 = x
-        x, f3_pre = self.layer3(x)
-        f3 = x
-        x = self.avgpool(x).flatten(1)
-        f4 = x
-        x = self.fc(x)
-        if not is_feat:
-            return x
-        if preact:
-            return [f0, f1_pre, f2_pre, f3_pre, f4], x
-        return [f0, f1, f2, f3, f4], x
+        f0 = self.relu(self.bn1(self.conv1(x)))
+        x, feats, preacts = run_stages(f0, (self.layer1, self.layer2, self.layer3))
+        pooled = self.avgpool(x).flatten(1)
+        return zoo_output(self.fc(pooled), [f0, *feats, pooled], [f0, *preacts, pooled], is_feat, preact)
 
 
 def resnet8(**kwargs):

@@ -8,6 +8,8 @@ bottleneck blocks with 1x1 conv + BN projection shortcuts, adaptive average pool
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .util import run_stages, zoo_output
+
 
 def _shortcut(in_planes, out_planes, stride):
     if stride == 1 and in_planes == out_planes:
@@ -94,24 +96,10 @@ class ResNet(nn.Module):
         return [getattr(layer[-1], last) for layer in (self.layer1, self.layer2, self.layer3, self.layer4)]
 
     def forward(self, x, is_feat=False, preact=False):
-        out = F.relu(self.bn1(self.conv1(x)))
-        f0 = out
-        out, f1_pre = self.layer1(out)
-        f1 = out
-        out, f2_pre = self.layer2(out)
-        f2 = out
-        out, f3_pre = self.layer3(out)
-        f3 = out
-        out, f4_pre = self.layer4(out)
-        f4 = out
-        out = self.avgpool(out).flatten(1)
-        f5 = out
-        out = self.linear(out)
-        if not is_feat:
-            return out
-        if preact:
-            return [f0, f1_pre, f2_pre, f3_pre, f4_pre, f5], out
-        return [f0, f1, f2, f3, f4, f5], out
+        f0 = F.relu(self.bn1(self.conv1(x)))
+        x, feats, preacts = run_stages(f0, (self.layer1, self.layer2, self.layer3, self.layer4))
+        pooled = self.avgpool(x).flatten(1)
+        return zoo_output(self.linear(pooled), [f0, *feats, pooled], [f0, *preacts, pooled], is_feat, preact)
 
 
 def ResNet18(**kwargs):

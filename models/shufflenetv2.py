@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .util import run_stages, zoo_output
+
 
 class ShuffleBlock(nn.Module):
     def __init__(self, groups=2):
@@ -95,23 +97,10 @@ class ShuffleNetV2(nn.Module):
         return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3])
 
     def forward(self, x, is_feat=False, preact=False):
-        out = F.relu(self.bn1(self.conv1(x)))
-        f0 = out
-        out, f1_pre = self.layer1(out)
-        f1 = out
-        out, f2_pre = self.layer2(out)
-        f2 = out
-        out, f3_pre = self.layer3(out)
-        f3 = out
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = F.avg_pool2d(out, 4).flatten(1)
-        f4 = out
-        out = self.linear(out)
-        if not is_feat:
-            return out
-        if preact:
-            return [f0, f1_pre, f2_pre, f3_pre, f4], out
-        return [f0, f1, f2, f3, f4], out
+        f0 = F.relu(self.bn1(self.conv1(x)))
+        x, feats, preacts = run_stages(f0, (self.layer1, self.layer2, self.layer3))
+        pooled = F.avg_pool2d(F.relu(self.bn2(self.conv2(x))), 4).flatten(1)
+        return zoo_output(self.linear(pooled), [f0, *feats, pooled], [f0, *preacts, pooled], is_feat, preact)
 
 
 def ShuffleV2(**kwargs):

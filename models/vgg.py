@@ -9,6 +9,8 @@ average pooling and a single linear classifier.
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .util import zoo_output
+
 CFG = {
     "S": [[64], [128], [256], [512], [512]],
     "A": [[64], [128], [256, 256], [512, 512], [512, 512]],
@@ -85,12 +87,8 @@ class VGG(nn.Module):
         f4 = x
         x = self.pool4(x).flatten(1)
         f5 = x
-        x = self.classifier(x)
-        if not is_feat:
-            return x
-        if preact:
-            return [f0, f1_pre, f2_pre, f3_pre, f4_pre, f5], x
-        return [f0, f1, f2, f3, f4, f5], x
+        return zoo_output(self.classifier(x), [f0, f1, f2, f3, f4, f5], [f0, f1_pre, f2_pre, f3_pre, f4_pre, f5],
+                          is_feat, preact)
 
 
 def vgg8(**kwargs):
