@@ -10,19 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .util import run_stages, zoo_output
-
-
-class ShuffleBlock(nn.Module):
-    def __init__(self, groups=2):
-        super().__init__()
-        self.groups = groups
-
-    def forward(self, x):
-        """[N, g*c, H, W] -> [N, c*g, H, W]: interleave the channels of the g groups."""
-        n, c, h, w = x.size()
-        g = self.groups
-        return x.view(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
+from .util import ShuffleBlock, run_stages, zoo_output
 
 
 class BasicBlock(nn.Module):

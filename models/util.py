@@ -1,4 +1,18 @@
-"""What the models of the zoo share: running their stages and the shape of their output."""
+"""What the models of the zoo share: the channel shuffle, running the stages, the output."""
+import torch.nn as nn
+
+
+class ShuffleBlock(nn.Module):
+    """Zhang et al., "ShuffleNet" (CVPR 2018): [N, g*c, H, W] -> [N, c*g, H, W], the channels
+    of the g groups interleaved. No parameters."""
+
+    def __init__(self, groups=2):
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x):
+        n, c, h, w = x.size()
+        return x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
 def run_stages(x, stages):
