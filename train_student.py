@@ -21,7 +21,7 @@ def main():
     if cfg.dataset == "cifar100":
         warning = check_teacher_accuracy(cfg.model_t, accuracy["top1"])
         if warning:
-            session.log(f"WARNING: {warning}")
+            session.log(warning)
     student = session.build_model(cfg.model_s)
     session.train(student, teacher)
 
