@@ -7,6 +7,8 @@ a linear classifier. The architecture has no pre-ReLU features: `preact` is acce
 """
 import torch.nn as nn
 
+from .util import init_weights
+
 
 def conv_bn(inp, oup, stride):
     return nn.Sequential(
@@ -67,15 +69,7 @@ class MobileNetV2(nn.Module):
         self.avgpool = nn.AvgPool2d(input_size // 16, ceil_mode=True)
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear_std=0.01, zero_linear_bias=True)
 
     def get_feat_modules(self):
         return nn.ModuleList([self.conv1, self.blocks])

@@ -8,7 +8,7 @@ shape changes, and the pre-ReLU output of each stage's last block as its "preact
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .util import run_stages, zoo_output
+from .util import init_weights, run_stages, zoo_output
 
 
 def conv3x3(in_planes, out_planes, stride=1):
@@ -52,12 +52,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AvgPool2d(8)
         self.fc = nn.Linear(num_filters[3] * BasicBlock.expansion, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_weights(self)
 
     def _make_layer(self, planes, blocks, stride=1):
         out_planes = planes * BasicBlock.expansion

@@ -8,7 +8,7 @@ bottleneck blocks with 1x1 conv + BN projection shortcuts, adaptive average pool
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .util import run_stages, zoo_output
+from .util import init_weights, run_stages, zoo_output
 
 
 def _shortcut(in_planes, out_planes, stride):
@@ -74,12 +74,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.linear = nn.Linear(512 * block.expansion, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_weights(self)
 
     def _make_layer(self, block, planes, num_blocks, stride):
         layers = []

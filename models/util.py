@@ -1,5 +1,25 @@
-"""What the models of the zoo share: the channel shuffle, running the stages, the output."""
+"""What the models of the zoo share: initialisation, the channel shuffle, running the stages,
+the output."""
 import torch.nn as nn
+
+
+def init_weights(model, linear_std=None, zero_linear_bias=False):
+    """The CRD zoo's initialisation: convs Kaiming-normal (fan_out, ReLU) with any bias zero;
+    BatchNorm weight 1, bias 0; linear weights N(0, linear_std) when given (else PyTorch's
+    default) and their bias zero when `zero_linear_bias`."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            if linear_std is not None:
+                nn.init.normal_(m.weight, 0, linear_std)
+            if zero_linear_bias:
+                nn.init.zeros_(m.bias)
 
 
 class ShuffleBlock(nn.Module):

@@ -9,7 +9,7 @@ average pooling and a single linear classifier.
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .util import zoo_output
+from .util import init_weights, zoo_output
 
 CFG = {
     "S": [[64], [128], [256], [512], [512]],
@@ -45,16 +45,7 @@ class VGG(nn.Module):
         self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(512, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self, linear_std=0.01, zero_linear_bias=True)
 
     def get_feat_modules(self):
         return nn.ModuleList([self.block0, self.pool0, self.block1, self.pool1, self.block2,

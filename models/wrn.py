@@ -7,6 +7,8 @@ features obtained by applying the next BN to each stage's output.
 """
 import torch.nn as nn
 
+from .util import init_weights
+
 
 class BasicBlock(nn.Module):
     def __init__(self, in_planes, out_planes, stride):
@@ -55,14 +57,7 @@ class WideResNet(nn.Module):
         self.avgpool = nn.AvgPool2d(8)
         self.fc = nn.Linear(channels[3], num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_weights(self, zero_linear_bias=True)
 
     def get_feat_modules(self):
         return nn.ModuleList([self.conv1, self.block1, self.block2, self.block3])
