@@ -58,8 +58,7 @@ def build_train_loader(cfg, rank=0, world_size=1):
     sampler = EpochSampler(len(data), cfg.seed, rank, world_size)
     return torch.utils.data.DataLoader(
         data, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers,
-        pin_memory=torch.cuda.is_available(), drop_last=cfg.fast,
-        persistent_workers=False)
+        pin_memory=torch.cuda.is_available())
 
 
 def build_test_loader(data_dir, batch_size=256, num_workers=0, download=True):

@@ -13,6 +13,8 @@ import pickle
 import torch
 import torch.nn.functional as F
 
+from helper.checkpoint import write_atomic
+
 from .cifar100 import BASE_FOLDER, NUM_CLASSES, is_present, split_path
 
 STAMP = "synthetic.json"
@@ -42,10 +44,7 @@ def write_split(path, images, labels, split):
         "coarse_labels": [int(v) // 5 for v in labels],
         "data": images.reshape(len(labels), -1),  # N x 3072, channel-major
     }
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(entry, f, protocol=2)
-    os.replace(tmp, path)
+    write_atomic(path, pickle.dumps(entry, protocol=2), "the synthetic data set")
 
 
 def write_synthetic_cifar100(root, train_size, test_size, seed=0, noise=1.0):
@@ -56,7 +55,6 @@ def write_synthetic_cifar100(root, train_size, test_size, seed=0, noise=1.0):
         with open(stamp) as f:
             if json.load(f) == params:
                 return
-    os.makedirs(os.path.join(root, BASE_FOLDER), exist_ok=True)
     patterns = class_patterns(seed)
     g = torch.Generator().manual_seed(seed + 1)
     for split, size in (("train", train_size), ("test", test_size)):
@@ -66,7 +64,5 @@ def write_synthetic_cifar100(root, train_size, test_size, seed=0, noise=1.0):
         write_split(split_path(root, split), images, labels.numpy(), split)
     meta = {"fine_label_names": [f"class_{i}" for i in range(NUM_CLASSES)],
             "coarse_label_names": [f"superclass_{i}" for i in range(NUM_CLASSES // 5)]}
-    with open(split_path(root, "meta"), "wb") as f:
-        pickle.dump(meta, f, protocol=2)
-    with open(stamp, "w") as f:
-        json.dump(params, f)
+    write_atomic(split_path(root, "meta"), pickle.dumps(meta, protocol=2), "the synthetic data set")
+    write_atomic(stamp, json.dumps(params).encode(), "the synthetic data set")  # last: marks it complete

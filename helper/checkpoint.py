@@ -45,22 +45,13 @@ def fsync_dir(folder):
         os.close(fd)
 
 
-def save_atomic(obj, path):
-    """``torch.save(obj)`` to ``path`` atomically.
-
-    The object is serialized in memory, written to a temporary file beside ``path``,
-    flushed and fsync'ed, then ``os.replace``d onto ``path``.  Any OSError (disk full,
-    unwritable folder, ...) removes the temporary file, leaves a previous ``path``
-    untouched and raises a UserError naming the path and the reason.
-    """
+def write_atomic(path, data, what="file"):
+    """Write the bytes `data` to `path` atomically: a temporary file beside it, flushed and
+    fsync'ed, then `os.replace`d onto `path`. Any OSError (disk full, unwritable folder, ...)
+    removes the temporary file, leaves a previous `path` untouched and raises a UserError
+    naming `what`, the path and the reason."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    # Serializing first keeps torch's own file writer (which turns OSError into an
-    # opaque RuntimeError) out of the picture: only plain Python I/O touches the disk.
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    data = buf.getbuffer()
-
     tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
@@ -75,10 +66,10 @@ def save_atomic(obj, path):
     except OSError as e:
         reason = e.strerror or str(e) or type(e).__name__
         if e.errno == errno.ENOSPC:
-            hint = 'free some disk space or choose another save folder'
+            hint = 'free some disk space or choose another folder'
         else:
-            hint = 'check that the folder exists and is writable, or choose another save folder'
-        raise UserError(f'could not save checkpoint {path}: {reason}; {hint}') from None
+            hint = 'check that the folder exists and is writable, or choose another folder'
+        raise UserError(f'could not save {what} {path}: {reason}; {hint}') from None
     finally:
         if tmp is not None:
             try:
@@ -86,6 +77,16 @@ def save_atomic(obj, path):
             except OSError:
                 pass
     fsync_dir(folder)
+
+
+def save_atomic(obj, path):
+    """``torch.save(obj)`` to ``path`` atomically (`write_atomic`).
+
+    Serializing in memory first keeps torch's own file writer (which turns OSError into an
+    opaque RuntimeError) out of the picture: only plain Python I/O touches the disk."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_atomic(path, buf.getbuffer(), 'checkpoint')
 
 
 # ----------------------------------------------------------------------------- loading

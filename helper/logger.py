@@ -41,8 +41,8 @@ class Progress:
     """A tqdm bar on a TTY; a plain line every `every` steps otherwise."""
 
     def __init__(self, total, desc, every, enabled=True):
-        self.tty = enabled and sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True) if self.tty else None
+        tty = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True) if tty else None
         self.total, self.desc, self.every, self.enabled = total, desc, every, enabled
         self.step = 0
 

@@ -76,18 +76,10 @@ class RunFolder:
     def create(self, cfg):
         try:
             os.makedirs(self.path, exist_ok=True)
-            probe = self.file(".write_test")
-            with open(probe, "w") as f:
-                f.write("ok")
-            os.remove(probe)
         except OSError as e:
             raise UserError(f"cannot write the run folder {self.path} ({e.strerror}): "
                             f"choose another save_folder") from None
-        text = self.file("config.yaml")
-        tmp = text + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(dump(cfg))
-        os.replace(tmp, text)
+        checkpoint.write_atomic(self.file("config.yaml"), dump(cfg).encode(), "the config")
 
     def save(self, name, obj):
         if self.write:

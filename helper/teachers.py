@@ -24,13 +24,12 @@ import shutil
 import socket
 import sys
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from helper.checkpoint import fsync_dir
+from helper.checkpoint import fsync_dir, write_atomic
 from helper.errors import UserError
 
 REGISTRY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'teachers.json')
@@ -149,22 +148,6 @@ def _remove(*paths):
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _write_json_atomic(obj, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write('\n')
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
-    fsync_dir(folder)
-
-
 def _local_io(what, path, e):
     return UserError(f'cannot {what} {path}: {e.strerror or e}; check free space and permissions '
                      f'of the destination folder')
@@ -198,10 +181,8 @@ class _Lock:
             return
         self.data[table][name] = {'sha256': digest, 'size': size, 'source': url,
                                   'recorded': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}
-        try:
-            _write_json_atomic(self.data, self.path)
-        except OSError as e:
-            raise _local_io('write the lock file', self.path, e) from None
+        text = json.dumps(self.data, indent=2, sort_keys=True) + '\n'
+        write_atomic(self.path, text.encode('utf-8'), 'the lock file')
 
 
 # ----------------------------------------------------------------------------- HTTP download
