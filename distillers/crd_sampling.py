@@ -14,6 +14,8 @@ of [0, M_c) is drawn per row, exactly and independently:
   enough that at least nce_k distinct ones appear (a row short of that, very rare, is drawn
   again), and keep the first nce_k distinct ones in order of appearance.
   The rule treats every position alike, so the kept set is a uniform nce_k-subset.
+  Inside a CUDA graph (`cuda_graph True`) a short row cannot be drawn again: it keeps some of
+  its first draws twice (a few repeated negatives, in a case about 8 standard deviations out).
   Cost O(B * nce_k) instead of O(B * N).
 - dense path (nce_k close to M_c): random keys for every position and the nce_k smallest.
 """
@@ -88,10 +90,12 @@ class ContrastSampler(nn.Module):
         first.scatter_reduce_(1, v, step, "amin")                        # first step per value
         is_first = first.gather(1, v) == step
         rank = is_first.cumsum(1, dtype=torch.int32)                     # distinct so far
-        out = torch.empty(rows, k + 1, dtype=torch.long, device=device)
+        out = v[:, :k + 1].clone()  # every column is overwritten unless the row is short
         column = torch.where(is_first & (rank <= k), rank - 1, k)        # column k: discarded
         out.scatter_(1, column.long(), v)
         out = out[:, :k]
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():  # no data-dependent branch
+            return out
         short = rank[:, -1] < k
         if short.any():                                                  # rare: draw these again
             rows_short = short.nonzero().flatten()

@@ -67,7 +67,9 @@ KEYS = [
     ("fast", False, "fast path: device-resident data, batched augmentation"),
     ("amp", "off", "mixed precision: off, bf16 or fp16 (fp16 with a grad scaler)"),
     ("channels_last", False, "channels_last memory format for the models"),
-    ("compile", False, "torch.compile the training step (CUDA)"),
+    ("compile", False, "torch.compile the trained model, in place (its state_dict keys unchanged)"),
+    ("cuda_graph", False, "CUDA: capture the whole training step (forward, backward, SGD) as one CUDA "
+                          "graph and replay it; needs fast true, amp off or bf16, one process"),
     ("sync_bn", False, "DDP on CUDA: convert BatchNorm to SyncBatchNorm"),
     ("tensorboard", True, "write tensorboard event files into the run folder"),
 ]
@@ -81,7 +83,7 @@ CHOICES = {
 }
 # Keys that may differ between a run and its resumption without changing the result.
 HARMLESS_ON_RESUME = ("print_freq", "num_workers", "epochs", "resume", "device", "save_freq",
-                      "tensorboard", "download", "data_dir")
+                      "tensorboard", "download", "data_dir", "cuda_graph")
 LOW_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
 
@@ -224,6 +226,12 @@ def validate(cfg, script):
     for key, allowed in CHOICES.items():
         if cfg[key] not in allowed:
             raise UserError(f"'{key}' must be one of {', '.join(allowed)}, got '{cfg[key]}'")
+    if cfg.cuda_graph and not cfg.fast:
+        raise UserError("cuda_graph needs fast true (the graph replays one batch shape; the fast "
+                        "path drops the last partial batch): set fast true")
+    if cfg.cuda_graph and cfg.amp == "fp16":
+        raise UserError("cuda_graph cannot replay fp16's grad scaler (it reads the GPU every step): "
+                        "use amp bf16 or off")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise UserError(f"'device' must be auto, cpu, cuda or cuda:N, got '{cfg.device}'")
     model_keys = ("model",) if script == "teacher" else ("model_s", "model_t")

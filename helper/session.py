@@ -23,6 +23,9 @@ class Session:
         if ctx.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", ctx.local_rank)
         torch.backends.cudnn.benchmark = self.device.type == "cuda"
+        if cfg.cuda_graph and (self.device.type != "cuda" or ctx.enabled):
+            raise UserError(f"cuda_graph needs one process on a CUDA device; this run has "
+                            f"{ctx.world_size} process(es) on {self.device.type}: set cuda_graph false")
         self.run = RunFolder(cfg, script, write=ctx.is_main)
         if script == "student" and not os.path.exists(cfg.path_t):  # before any download
             raise UserError(f"teacher checkpoint {cfg.path_t} not found: python fetch_teachers.py {cfg.model_t} "

@@ -5,6 +5,7 @@ Epoch e (counted from 1) runs at learning_rate * lr_decay_rate^k, k = number of 
 below e. Every RNG is re-seeded from (seed, e) at the start of each epoch, and `latest.pth` is
 written at the end of each epoch, so a run interrupted anywhere resumes bit-identically.
 """
+import functools
 import math
 import random
 import signal
@@ -64,18 +65,20 @@ def accuracy(logits, target, ks=(1, 5)):
 
 @torch.no_grad()
 def evaluate(model, loader, device):
-    """Top-1 and top-5 accuracy (percent) and mean cross-entropy of `model` over `loader`."""
+    """Top-1 and top-5 accuracy (percent) and mean cross-entropy of `model` over `loader`
+    (sums kept on the device, read once at the end)."""
     model.eval()
-    loss = top1 = top5 = 0.0
+    sums = torch.zeros(3, device=device)  # loss, top-1 hits, top-5 hits
     count = 0
     for image, target, _ in loader:
         image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
         logits = model(image)
-        loss += torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum").item()
-        c1, c5 = accuracy(logits, target)
-        top1, top5, count = top1 + c1.item(), top5 + c5.item(), count + len(target)
+        loss = torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum")
+        sums += torch.stack([loss, *(hits.float() for hits in accuracy(logits, target))])
+        count += len(target)
     if count == 0:
         raise UserError("the test set is empty: check data_dir")
+    loss, top1, top5 = sums.tolist()
     return {"top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "loss": loss / count}
 
 
@@ -97,6 +100,41 @@ class StopOnSignal:
             signal.signal(s, handler)
 
 
+class GraphedStep:
+    """A training step captured once as a CUDA graph and replayed (`cuda_graph True`).
+
+    The first `warmup` calls run eagerly on a side stream (cudnn picks its kernels, SGD makes
+    its momentum buffers, CRD fixes Z); the next call captures the step (capture records the
+    kernels, it runs none) and every call from then on copies its batch into the graph's input
+    buffers and replays the graph. The outputs are the graph's own tensors, overwritten by the
+    next replay. The step must keep its shapes (the fast path drops the last partial batch),
+    never read the GPU from the host, and take its learning rate from a device tensor
+    (`Trainer.set_lr`)."""
+
+    def __init__(self, step, warmup=3):
+        self.step, self.warmup, self.eager_calls = step, warmup, 0
+        self.graph = self.inputs = self.outputs = None
+
+    def __call__(self, *inputs):
+        if self.graph is None and self.eager_calls < self.warmup:
+            self.eager_calls += 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                outputs = self.step(*inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            return outputs
+        if self.graph is None:
+            self.inputs = [x.clone() for x in inputs]
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.outputs = self.step(*self.inputs)
+        for static, x in zip(self.inputs, inputs):
+            static.copy_(x)
+        self.graph.replay()
+        return self.outputs
+
+
 class Trainer:
     """Runs the epochs of one run folder (`run`: see helper/run.py) for one distiller."""
 
@@ -107,15 +145,29 @@ class Trainer:
         self.model = distiller  # what the steps call: the DDP wrapper when there are several ranks
         if ctx.enabled:
             self.model = distributed.wrap(distiller, device)
-        self.optimizer = self.make_optimizer(distiller.parameters())
+        # under cuda_graph the learning rate lives in a device tensor read by fused SGD, so the
+        # captured step follows the schedule
+        self.lr = torch.tensor(cfg.learning_rate, device=device) if cfg.cuda_graph else None
+        self.optimizer = self.make_optimizer(distiller.parameters(), graphed=cfg.cuda_graph)
+        self.train_step = functools.partial(self.step, self.optimizer, self.model)
+        if cfg.cuda_graph:
+            self.train_step = GraphedStep(self.train_step)
         self.best_acc, self.start_epoch, self.init_done = 0.0, 1, 0
         self.stop = None
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
-    def make_optimizer(self, params):
+    def make_optimizer(self, params, graphed=False):
         cfg = self.cfg
-        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=self.lr if graphed else cfg.learning_rate, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, fused=True if graphed else None)
+
+    def set_lr(self, lr):
+        for group in self.optimizer.param_groups:
+            if self.lr is None:
+                group["lr"] = lr
+            else:  # (a resumed optimizer state brings its own lr tensor: put ours back)
+                self.lr.fill_(lr)
+                group["lr"] = self.lr
 
     # -- resume -------------------------------------------------------------------------------
     def state(self, epoch, finished=False, init_optimizer=None):
@@ -133,6 +185,8 @@ class Trainer:
     def restore(self, state):
         self.distiller.load_state_dict(state["distiller"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # fused or not is this run's choice
+            group["fused"] = self.optimizer.defaults["fused"]
         self.best_acc = state["best_acc"]
         self.start_epoch = state["epoch"] + 1
         self.init_done = state["init_done"]
@@ -152,7 +206,8 @@ class Trainer:
         trained outside the DDP wrapper)."""
         if self.cfg.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(self.cfg.amp), enabled=self.cfg.amp != "off"):
+        with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(self.cfg.amp), enabled=self.cfg.amp != "off",
+                            cache_enabled=not self.cfg.cuda_graph):
             logits, losses = compute_losses(image, target, index)
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
@@ -168,8 +223,8 @@ class Trainer:
         values = distributed.all_reduce_sum(values).tolist()
         return dict(zip(sums, values[:-2])), values[-2], values[-1]
 
-    def train_epoch(self, desc, optimizer, compute_losses, lr, average=()):
-        """Sums stay on the device; they are read (and checked for NaN/inf) every step on the
+    def train_epoch(self, desc, step_fn, lr):
+        """`step_fn(image, target, index)` -> (logits, losses, loss) for each batch. Sums stay on the device; they are read (and checked for NaN/inf) every step on the
         plain path and every print_freq steps on the fast path, where a read costs a sync."""
         sums, correct, seen = {}, torch.zeros((), device=self.device), 0
         progress = Progress(len(self.train_loader), desc, self.cfg.print_freq, enabled=self.ctx.is_main)
@@ -179,7 +234,7 @@ class Trainer:
                 image = image.to(self.device, non_blocking=True)
                 target = target.to(self.device, non_blocking=True)
                 index = index.to(self.device, non_blocking=True)
-                logits, losses, loss = self.step(optimizer, compute_losses, image, target, index, average)
+                logits, losses, loss = step_fn(image, target, index)
                 n = len(target)
                 seen += n
                 for name, value in losses.items():
@@ -224,13 +279,13 @@ class Trainer:
         optimizer = self.make_optimizer(modules.parameters())
         if init_state is not None:
             optimizer.load_state_dict(init_state)
+        step = functools.partial(self.step, optimizer, lambda *batch: (None, compute(*batch)),
+                                 average=list(modules.parameters()))
         for epoch in range(self.init_done + 1, self.cfg.init_epochs + 1):
             self.set_epoch("init", epoch)
             self.distiller.train()
             start = time.time()
-            stats = self.train_epoch(f"init {epoch}/{self.cfg.init_epochs}", optimizer,
-                                     lambda *batch: (None, compute(*batch)), self.cfg.learning_rate,
-                                     average=list(modules.parameters()))
+            stats = self.train_epoch(f"init {epoch}/{self.cfg.init_epochs}", step, self.cfg.learning_rate)
             self.init_done = epoch
             self.run.save_latest(self.state(0, init_optimizer=optimizer))
             self.logger.message(f"init epoch {epoch} loss {stats['train_loss']:.6g} "
@@ -250,12 +305,11 @@ class Trainer:
 
     def one_epoch(self, epoch):
         lr = learning_rate(self.cfg, epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.set_lr(lr)
         self.set_epoch("train", epoch)
         self.distiller.train()
         start = time.time()
-        stats = self.train_epoch(f"epoch {epoch}/{self.cfg.epochs}", self.optimizer, self.model, lr)
+        stats = self.train_epoch(f"epoch {epoch}/{self.cfg.epochs}", self.train_step, lr)
         train_seconds = time.time() - start
         distributed.broadcast_state(self.distiller)  # ranks end every epoch identical
         if not self.ctx.is_main:

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one go (a borrowed GPU's time is short), from the repository
+# root:  bash bench/gpu_checks.sh [LOG_FOLDER]
+#   1. bench/check_cuda.py: the CUDA step against the CPU step, the CUDA graph against eager;
+#   2. the quick start on CUDA through the scripts: fast + bf16 + CUDA graph (the teacher
+#      stopped after 3 epochs and resumed to 4), ASKD and CRD students, the plain path;
+#   3. bench/benchmark.py --device cuda (writes its section of BENCHMARKS.md; a copy is logged).
+# Each step has its own time limit and log (LOG_FOLDER, default $OUT or ./gpu_logs); the last
+# lines of each log are printed. Exit status: the number of failed steps.
+set -u
+logs=${1:-${OUT:-gpu_logs}}
+mkdir -p "$logs"
+work=$(mktemp -d)
+export PYTHONUNBUFFERED=1
+failures=0
+
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 limit=$2 code
+    shift 2
+    timeout "$limit" "$@" >"$logs/$name.log" 2>&1
+    code=$?
+    echo "== $name: exit $code ($*)"
+    tail -n "${TAIL:-6}" "$logs/$name.log"
+    [ "$code" -eq 0 ] || failures=$((failures + 1))
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
+python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+
+TAIL=12 step check 240 python3 bench/check_cuda.py
+
+data=(dataset synthetic data_dir "$work/data")
+fast=(device cuda fast True amp bf16 cuda_graph True tensorboard True)
+teacher="$work/teacher/resnet20_best.pth"
+step teacher_3_epochs 120 python3 train_teacher.py -cfg configs/quickstart/teacher.yaml "${data[@]}" "${fast[@]}" \
+    save_folder "$work/teacher" epochs 3
+step teacher_resumed 120 python3 train_teacher.py -cfg configs/quickstart/teacher.yaml "${data[@]}" "${fast[@]}" \
+    save_folder "$work/teacher"
+step student_askd 120 python3 train_student.py -cfg configs/quickstart/student.yaml "${data[@]}" "${fast[@]}" \
+    path_t "$teacher" save_folder "$work/askd"
+step student_crd 120 python3 train_student.py -cfg configs/quickstart/student.yaml "${data[@]}" "${fast[@]}" \
+    path_t "$teacher" save_folder "$work/crd" distill crd nce_k 4096 epochs 2 lr_decay_epochs 1
+step student_plain_path 120 python3 train_student.py -cfg configs/quickstart/student.yaml "${data[@]}" \
+    device cuda num_workers 8 path_t "$teacher" save_folder "$work/plain" epochs 2 lr_decay_epochs 1
+ls -R "$work/askd" >"$logs/run_folder.txt"
+
+TAIL=40 step benchmark 420 python3 bench/benchmark.py --device cuda --workers 8
+cp BENCHMARKS.md "$logs/BENCHMARKS.md"
+rm -rf "$work"
+exit "$failures"
