@@ -87,10 +87,11 @@ MODES = {
     "graph": ("fast", "bf16", "fast + CUDA graph", {"amp": "bf16", "cuda_graph": True}),
     "graph_cl": ("fast", "bf16", "fast + CUDA graph + channels_last",
                  {"amp": "bf16", "cuda_graph": True, "channels_last": True}),
-    "graph_compile": ("fast", "bf16", "fast + CUDA graph + compile",
-                      {"amp": "bf16", "cuda_graph": True, "compile": True}),
+    "graph_cl_compile": ("fast", "bf16", "fast + CUDA graph + channels_last + compile",
+                         {"amp": "bf16", "cuda_graph": True, "channels_last": True, "compile": True}),
 }
-DEFAULT_MODES = {"cpu": ["plain", "fast", "bf16"], "cuda": ["plain", "fast", "bf16", "graph", "graph_cl"]}
+DEFAULT_MODES = {"cpu": ["plain", "fast", "bf16"],
+                 "cuda": ["plain", "fast", "bf16", "graph", "graph_cl", "graph_cl_compile"]}
 
 
 # -- machine ------------------------------------------------------------------------------------
@@ -233,7 +234,8 @@ def build_case(case, mode, data_dir, device, workers, batch_size):
     if cfg.channels_last:
         models = [m.to(memory_format=torch.channels_last) for m in models]
     if cfg.compile:
-        models[0].compile()
+        for model in models:
+            model.compile()
     if path == "fast":
         loader, _ = build_fast_loaders(cfg, device)
     else:
@@ -416,15 +418,19 @@ PREAMBLE = """# Benchmarks
 
 Plain path (`fast: false`: torch DataLoader, PIL transforms per image, fp32) against the fast
 path (`fast: true`: `dataset/device_loader.py`, the whole split on the device, crop/flip/normalise
-batched; fp32 and `amp: bf16`). Written by
+batched; fp32 and `amp: bf16`; on CUDA also `cuda_graph: true`, `channels_last: true` and
+`compile: true`). Written by
 
     python bench/benchmark.py [--device cpu|cuda] [--quick] [--steps N] [--repeats R] [--warmup W]
-                              [--cases NAME,...] [--workers N] [--threads N] [--no-write]
+                              [--cases NAME,...] [--modes NAME,...] [--workers N] [--threads N]
+                              [--no-write]
 
 which replaces the section of the device it ran on (see the docstring of `bench/benchmark.py`
 for what is measured and how). Teachers have random weights: speed does not depend on them.
 The training set is a 50000-image synthetic set in CIFAR-100's format (the real epoch and CRD
 memory size). Numbers from different machines or torch versions are not comparable.
+On a GPU machine, `bash bench/gpu_checks.sh` runs `bench/check_cuda.py` (the CUDA path against
+the CPU reference), the quick start on CUDA and this benchmark in one go.
 """
 
 UNMEASURED_GPU = """## GPU: unmeasured

@@ -39,7 +39,7 @@ step teacher_resumed 120 python3 train_teacher.py -cfg configs/quickstart/teache
 step student_askd 120 python3 train_student.py -cfg configs/quickstart/student.yaml "${data[@]}" "${fast[@]}" \
     path_t "$teacher" save_folder "$work/askd"
 step student_crd 120 python3 train_student.py -cfg configs/quickstart/student.yaml "${data[@]}" "${fast[@]}" \
-    path_t "$teacher" save_folder "$work/crd" distill crd nce_k 4096 epochs 2 lr_decay_epochs 1
+    path_t "$teacher" save_folder "$work/crd" distill crd nce_k 2048 epochs 2 lr_decay_epochs 1
 step student_plain_path 120 python3 train_student.py -cfg configs/quickstart/student.yaml "${data[@]}" \
     device cuda num_workers 8 path_t "$teacher" save_folder "$work/plain" epochs 2 lr_decay_epochs 1
 ls -R "$work/askd" >"$logs/run_folder.txt"

@@ -67,7 +67,7 @@ KEYS = [
     ("fast", False, "fast path: device-resident data, batched augmentation"),
     ("amp", "off", "mixed precision: off, bf16 or fp16 (fp16 with a grad scaler)"),
     ("channels_last", False, "channels_last memory format for the models"),
-    ("compile", False, "torch.compile the trained model, in place (its state_dict keys unchanged)"),
+    ("compile", False, "torch.compile the models (student and teacher), in place (state_dict keys unchanged)"),
     ("cuda_graph", False, "CUDA: capture the whole training step (forward, backward, SGD) as one CUDA "
                           "graph and replay it; needs fast true, amp off or bf16, one process"),
     ("sync_bn", False, "DDP on CUDA: convert BatchNorm to SyncBatchNorm"),

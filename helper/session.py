@@ -69,11 +69,16 @@ class Session:
         model = model_dict[name](num_classes=100)
         if self.cfg.sync_bn and self.ctx.enabled and self.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return self.place(model)
+
+    def place(self, model):
+        """`model` on the run's device, in its memory format, compiled when asked (in place:
+        the state_dict keys stay those of the zoo). Student and teacher alike."""
         model = model.to(self.device)
         if self.cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.cfg.compile:
-            model.compile()  # in place: state_dict keys stay those of the zoo
+            model.compile()
         return model
 
     def train(self, student, teacher):

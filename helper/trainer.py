@@ -113,12 +113,13 @@ class GraphedStep:
 
     def __init__(self, step, warmup=3):
         self.step, self.warmup, self.eager_calls = step, warmup, 0
-        self.graph = self.inputs = self.outputs = None
+        self.graph = self.inputs = self.outputs = self.side = None
 
     def __call__(self, *inputs):
         if self.graph is None and self.eager_calls < self.warmup:
             self.eager_calls += 1
-            side = torch.cuda.Stream()
+            self.side = self.side or torch.cuda.Stream()
+            side = self.side
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 outputs = self.step(*inputs)
@@ -215,7 +216,9 @@ class Trainer:
         distributed.average_gradients(average)
         self.scaler.step(optimizer)
         self.scaler.update()
-        return logits, losses, loss
+        # detached: a caller holding them must not keep this step's autograd graph alive
+        return (None if logits is None else logits.detach(),
+                {name: value.detach() for name, value in losses.items()}, loss.detach())
 
     def read_totals(self, sums, correct, seen):
         """The sums over every rank, as python numbers: ({name: sum}, correct, seen)."""

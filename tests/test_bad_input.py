@@ -48,6 +48,9 @@ CASES = {
     "misspelt key": (dict(learning_rat=0.1), "did you mean 'learning_rate'"),
     "decay beyond epochs": (dict(lr_decay_epochs="5"), "beyond epochs"),
     "unwritable save_folder": (dict(save_folder="/proc/askd_cannot_write/run"), "cannot write"),
+    "cuda_graph without fast": (dict(cuda_graph=True), "set fast true"),
+    "cuda_graph with fp16": (dict(cuda_graph=True, fast=True, amp="fp16"), "amp bf16 or off"),
+    "cuda_graph on the CPU": (dict(cuda_graph=True, fast=True), "set cuda_graph false"),
 }
 
 

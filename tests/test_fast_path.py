@@ -110,3 +110,36 @@ def test_fast_resume_is_bit_identical(write_cfg, synthetic_dir, tmp_path):
     assert code == 0, err
     assert_same_weights(weights(str(tmp_path / "whole" / "resnet8_last.pth")),
                         weights(str(tmp_path / "part" / "resnet8_last.pth")))
+
+
+def test_cuda_graph_optimizer_takes_the_plain_steps_and_swaps_states_with_it(batch, write_cfg):
+    """`cuda_graph True` trains with fused SGD reading its learning rate from a tensor (what a
+    captured graph can follow). Run eagerly here (no CUDA), it must take the plain optimizer's
+    steps through a learning-rate change, and a resumed state must work both ways."""
+    _, fast, targets = batch
+    trainers = []
+    for graph in (False, True):
+        cfg = load_config(write_cfg(dict(model="resnet8", fast=True, cuda_graph=graph, epochs=2,
+                                         lr_decay_epochs="1")), script="teacher")
+        torch.manual_seed(0)
+        distiller = build(cfg, model_dict["resnet8"](num_classes=100), None, targets)
+        trainers.append(Trainer(cfg, distiller, None, None, None, None, torch.device("cpu")))
+    plain, graphed = trainers
+    for lr in (0.05, 0.005):
+        for t in trainers:
+            t.set_lr(lr)
+            t.step(t.optimizer, t.distiller, fast, targets, torch.arange(len(targets)))
+    assert graphed.optimizer.param_groups[0]["lr"] is graphed.lr and graphed.lr.item() == pytest.approx(0.005)
+    for a, b in zip(plain.distiller.parameters(), graphed.distiller.parameters()):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-6)
+
+    def state(t):
+        return {"distiller": t.distiller.state_dict(), "optimizer": t.optimizer.state_dict(),
+                "best_acc": 0.0, "epoch": 1, "init_done": 0}
+    saved_plain, saved_graphed = state(plain), state(graphed)
+    graphed.restore(saved_plain)
+    plain.restore(saved_graphed)
+    for t in trainers:
+        t.set_lr(0.0005)
+    assert graphed.optimizer.param_groups[0]["lr"] is graphed.lr and graphed.optimizer.param_groups[0]["fused"]
+    assert plain.optimizer.param_groups[0]["lr"] == 0.0005 and not plain.optimizer.param_groups[0]["fused"]
