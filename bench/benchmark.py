@@ -14,7 +14,7 @@ written in CIFAR-100's format to a temporary folder and read by the project's ow
 CRD's memory bank and the epoch have the real size):
 1. the data pipeline alone: the plain DataLoader (PIL transforms per image; 0 workers, and
    --workers workers) against the batched DeviceLoader, images/s;
-2. for each case (teacher training, KD, ASKD x2, CRD, KD to wrn_16_2) and each mode (MODES):
+2. for each case (CASES: teacher training, KD, ASKD x4, CRD, KD to wrn_16_2) and each mode (MODES):
    whole training steps as the loop runs them (next batch, to the device, autocast forward,
    backward, SGD step, or the replay of their CUDA graph; the plain path reads the loss every
    step, the fast path does not), images/s as
@@ -78,6 +78,11 @@ CASES = [
      "CRD: resnet32x4 -> resnet8x4, nce_k 16384, memory 2 x 50000 x 128"),
     ("kd_wrn16_2", "configs/kds/kd/wrn-40-2_wrn-16-2.yaml", "student", [],
      "KD: wrn_40_2 -> wrn_16_2"),
+    # grouped and depthwise convolutions: does channels_last help them too?
+    ("askd_shufflev1", "configs/kds/ours/res32x4_shufflenetv1.yaml", "student", [],
+     "ASKD: resnet32x4 -> ShuffleV1"),
+    ("askd_mobilenetv2", "configs/kds/ours/vgg13_mobilenetv2.yaml", "student", [],
+     "ASKD: vgg13 -> MobileNetV2"),
 ]
 # key: (path, precision, label, overrides); the modes measured by default on each device
 MODES = {

@@ -118,8 +118,7 @@ class GraphedStep:
     def __call__(self, *inputs):
         if self.graph is None and self.eager_calls < self.warmup:
             self.eager_calls += 1
-            self.side = self.side or torch.cuda.Stream()
-            side = self.side
+            side = self.side = self.side or torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 outputs = self.step(*inputs)
@@ -227,8 +226,9 @@ class Trainer:
         return dict(zip(sums, values[:-2])), values[-2], values[-1]
 
     def train_epoch(self, desc, step_fn, lr):
-        """`step_fn(image, target, index)` -> (logits, losses, loss) for each batch. Sums stay on the device; they are read (and checked for NaN/inf) every step on the
-        plain path and every print_freq steps on the fast path, where a read costs a sync."""
+        """`step_fn(image, target, index)` -> (logits, losses, loss) for each batch. Sums stay
+        on the device; they are read (and checked for NaN/inf) every step on the plain path and
+        every print_freq steps on the fast path, where a read costs a sync."""
         sums, correct, seen = {}, torch.zeros((), device=self.device), 0
         progress = Progress(len(self.train_loader), desc, self.cfg.print_freq, enabled=self.ctx.is_main)
         read_every = self.cfg.print_freq if self.cfg.fast else 1
