@@ -223,7 +223,7 @@ def build_case(case, mode, data_dir, device, workers, batch_size):
     """(cfg, loader, step) for one case in one mode: the paper's YAML with the data, path and
     precision keys overridden, random weights, and the loop's own step (`Trainer.train_step`:
     autocast forward, backward, SGD; the CUDA graph replay when the mode has one)."""
-    name, yaml_path, script, extra, _ = case
+    _, yaml_path, script, extra, _ = case
     path, _, _, options = MODES[mode]
     overrides = ["dataset", "synthetic", "synthetic_train_size", TRAIN_SIZE, "data_dir", data_dir,
                  "device", device.type, "fast", path == "fast",
@@ -320,8 +320,8 @@ def ratio(results, name_a, mode_a, name_b, mode_b):
 
 
 def best_fast_mode(results, name):
-    fast = [(rate_of(results, n, mode)[0], mode) for (n, mode) in results
-            if n == name and MODES[mode][0] == "fast" and rate_of(results, n, mode)]
+    rates = [(rate_of(results, name, mode), mode) for n, mode in results if n == name and MODES[mode][0] == "fast"]
+    fast = [(rate[0], mode) for rate, mode in rates if rate]
     return max(fast)[1] if fast else None
 
 
