@@ -12,7 +12,7 @@ URL/cifar_teachers.tar or URL/resnet56_vanilla/ckpt_epoch_240.pth.
 import argparse
 import sys
 
-from helper.errors import UserError
+from common.errors import UserError
 from helper.teachers import (DEFAULT_DEST, MIRROR_ENV, check_teacher_accuracy,  # noqa: F401
                              fetch_teachers, load_registry, published_top1)
 

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 
 from helper.cli import run_main
-from helper.errors import UserError
+from common.errors import UserError
 from helper.grid import (DISTILL_TO_METHOD, METHODS, PAPER_FILE, TABLES, VANILLA, pair_models, paper,
                          paper_figure, read_config, read_log, run_state, top1)
 

@@ -27,7 +27,7 @@ import warnings
 from dataclasses import dataclass, field
 
 from helper.cli import run_main
-from helper.errors import UserError
+from common.errors import UserError
 from helper.grid import (METHODS, ROOT, TABLES, VANILLA, method_config, pair_models, paper, run_state,
                          vanilla_config)
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from helper.errors import UserError
+from common.errors import UserError
 
 BASE_FOLDER = "cifar-100-python"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"

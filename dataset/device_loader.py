@@ -37,7 +37,7 @@ import contextlib
 import numpy as np
 import torch
 
-from helper.errors import UserError
+from common.errors import UserError
 
 from .cifar100 import MEAN, STD, read_split
 

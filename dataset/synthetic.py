@@ -13,7 +13,7 @@ import pickle
 import torch
 import torch.nn.functional as F
 
-from helper.checkpoint import write_atomic
+from common.files import write_atomic
 
 from .cifar100 import BASE_FOLDER, NUM_CLASSES, is_present, split_path
 

@@ -4,7 +4,7 @@ The paper's files use kd, hint, attention, similarity, correlation, rkd, fsp, cr
 the short names hkd, fitnet, at, sp, cc and askd are aliases; vanilla is plain cross-entropy
 (teacher training, no teacher).
 """
-from helper.errors import UserError
+from common.errors import UserError
 
 from .askd import ASKD
 from .at import AT

@@ -15,7 +15,7 @@ and w_rs 0 builds no 1x1 conv).
 """
 import torch.nn as nn
 
-from helper.errors import UserError
+from common.errors import UserError
 
 from .base import Distiller
 from .functional import distance_structure_loss, region_structure_loss

@@ -12,6 +12,8 @@ or ASKD's w_rs/w_cs are part of the method and applied inside it).
 The teacher is held outside the module tree: it is not in `parameters()`, `state_dict()`, any
 optimizer or any DDP wrapper; it stays in eval mode with gradients off.
 """
+from typing import Callable, NamedTuple, Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,6 +23,7 @@ from .functional import hinton_kd
 
 class Distiller(nn.Module):
     needs_feats = True  # False: the method only needs logits, so skip is_feat=True
+    min_batch = 1       # the smallest batch the losses are defined on (2: they compare samples)
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__()
@@ -70,9 +73,39 @@ class Distiller(nn.Module):
         return {}
 
     def init_stage(self):
-        """None, or (module to train, loss function(image, target, index) -> {name: loss})
-        for a stage of `init_epochs` before the main training (FSP's)."""
+        """None, or an `InitStage` trained for `init_epochs` before the main training (FSP, AB,
+        FT): the loop switches its modules' gradients on for the stage and trains them alone."""
         return None
+
+    def start_epoch(self, epoch):
+        """Called before each main-training epoch (counted from 1): moves every `WarmUp`."""
+        for module in self.modules():
+            if isinstance(module, WarmUp):
+                module.start_epoch(epoch)
+
+
+class InitStage(NamedTuple):
+    """A stage before the main training: `modules` trained on `losses(image, target, index)
+    -> {name: loss}` by their own SGD at learning rate `lr` (None: the config's)."""
+    modules: nn.Module
+    losses: Callable
+    lr: Optional[float] = None
+
+
+class WarmUp(nn.Module):
+    """A loss weight that ramps up as min(epoch / epochs, 1) (mdistiller's warm-up; epochs 0:
+    always 1). A device tensor, so a captured CUDA graph follows it; set by `start_epoch`."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = int(epochs)
+        self.register_buffer("factor", torch.ones(()), persistent=False)
+
+    def start_epoch(self, epoch):
+        self.factor.fill_(min(epoch / self.epochs, 1.0) if self.epochs else 1.0)
+
+    def forward(self, loss):
+        return self.factor * loss
 
 
 class Vanilla(Distiller):

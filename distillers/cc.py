@@ -20,6 +20,8 @@ class LinearEmbed(nn.Module):
 
 
 class CC(Distiller):
+    min_batch = 2  # a loss between samples
+
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
         dim_s = self.probe_feats(student)[-1][0].numel()

@@ -15,7 +15,7 @@ Memories and Z are buffers: they are saved in the distiller's state_dict, so res
 import torch
 import torch.nn as nn
 
-from helper.distributed import all_gather_cat, all_reduce_sum, world_size
+from common.collectives import all_gather_cat, all_reduce_sum, world_size
 
 from .base import Distiller
 from .cc import LinearEmbed

@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn as nn
 
-from helper.errors import UserError
+from common.errors import UserError
 
 
 class ContrastSampler(nn.Module):

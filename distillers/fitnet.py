@@ -6,7 +6,7 @@ trained with the student: a conv chosen by the spatial sizes (as CRD's ConvReg),
 import torch.nn as nn
 import torch.nn.functional as F
 
-from helper.errors import UserError
+from common.errors import UserError
 
 from .base import Distiller
 

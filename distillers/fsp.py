@@ -10,9 +10,9 @@ no term of its own (cross-entropy, plus KD when alpha > 0).
 """
 import torch
 
-from helper.errors import UserError
+from common.errors import UserError
 
-from .base import Distiller
+from .base import Distiller, InitStage
 from .functional import fsp_loss
 
 
@@ -29,7 +29,7 @@ class FSP(Distiller):
                             f"a pair of the same family and width")
 
     def init_stage(self):
-        return self.student.get_feat_modules(), self.init_losses
+        return InitStage(self.student.get_feat_modules(), self.init_losses)
 
     def init_losses(self, image, target, index=None):
         feats_s, _ = self.student(image, is_feat=True)

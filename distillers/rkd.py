@@ -10,6 +10,7 @@ from .functional import distance_structure_loss, rkd_angle
 
 
 class RKD(Distiller):
+    min_batch = 2  # a loss between samples
     w_distance, w_angle = 25.0, 50.0
 
     def method_losses(self, feats_s, logits_s, feats_t, logits_t, target, index):

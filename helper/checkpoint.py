@@ -10,18 +10,17 @@
   architecture the file actually holds.
 """
 
-import errno
 import io
 import os
 import pickle
 import re
-import tempfile
 from collections import OrderedDict
 
 import numpy as np
 import torch
 
-from helper.errors import UserError
+from common.errors import UserError
+from common.files import write_atomic
 
 __all__ = [
     'save_atomic', 'load_checkpoint', 'model_state_dict', 'load_weights',
@@ -30,54 +29,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- saving
-
-def fsync_dir(folder):
-    """Make a rename in ``folder`` durable; silently skipped where unsupported."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path, data, what="file"):
-    """Write the bytes `data` to `path` atomically: a temporary file beside it, flushed and
-    fsync'ed, then `os.replace`d onto `path`. Any OSError (disk full, unwritable folder, ...)
-    removes the temporary file, leaves a previous `path` untouched and raises a UserError
-    naming `what`, the path and the reason."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.',
-                                   suffix='.tmp')
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as e:
-        reason = e.strerror or str(e) or type(e).__name__
-        if e.errno == errno.ENOSPC:
-            hint = 'free some disk space or choose another folder'
-        else:
-            hint = 'check that the folder exists and is writable, or choose another folder'
-        raise UserError(f'could not save {what} {path}: {reason}; {hint}') from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-    fsync_dir(folder)
-
 
 def save_atomic(obj, path):
     """``torch.save(obj)`` to ``path`` atomically (`write_atomic`).

@@ -3,7 +3,7 @@ import argparse
 import sys
 import warnings
 
-from .errors import UserError
+from common.errors import UserError
 
 
 def parse_args(description, example):

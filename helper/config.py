@@ -14,7 +14,7 @@ import warnings
 import yaml
 from yacs.config import CfgNode
 
-from .errors import UserError
+from common.errors import UserError
 
 # (key, default, one-line meaning). The order is the order of `config.yaml` and of the README.
 KEYS = [
@@ -24,7 +24,7 @@ KEYS = [
     ("batch_size", 64, "training batch size of the whole run (all DDP ranks together)"),
     ("num_workers", 4, "data-loader worker processes (plain path)"),
     ("epochs", 240, "training epochs"),
-    ("init_epochs", 30, "epochs of FSP's init stage (only methods with an init stage use it)"),
+    ("init_epochs", 30, "epochs of the init stage of FSP, AB and FT (only methods with an init stage use it)"),
     ("learning_rate", 0.05, "initial SGD learning rate (the paper: 0.01 for MobileNetV2/ShuffleV1/V2)"),
     ("lr_decay_epochs", [150, 180, 210], "epochs after which lr is multiplied by lr_decay_rate"),
     ("lr_decay_rate", 0.1, "step-decay factor"),
@@ -54,6 +54,12 @@ KEYS = [
     ("w_rs", 5.0, "ASKD: weight of the region-structure loss"),
     ("w_cs", 14.0, "ASKD: weight of the class-structure loss"),
     ("layer", 2, "ASKD group target: index of the feature used"),
+    # -- the other methods of the CRD repository and mdistiller
+    ("warmup_epochs", 20, "DKD/ReviewKD: the method's loss ramps up as min(epoch / warmup_epochs, 1)"),
+    ("dkd_alpha", 1.0, "DKD: weight of the target-class KL (TCKD)"),
+    ("dkd_beta", 8.0, "DKD: weight of the non-target-class KL (NCKD)"),
+    ("optimizer", "sgd", "sgd, or dot (DOT: separate momenta for the task and the distillation gradients)"),
+    ("dot_delta", 0.075, "DOT: task momentum = momentum - dot_delta, distillation momentum = momentum + dot_delta"),
     # -- ours
     ("trial", "", "run name appended to save_folder as trial_<trial> (a new trial never overwrites)"),
     ("seed", 0, "seed of every RNG (weights, data order, augmentation, CRD sampling)"),
@@ -80,6 +86,7 @@ CHOICES = {
     "mode": ("exact", "relax"),
     "group": ("res_last", "res_group", "target"),
     "amp": ("off", "bf16", "fp16"),
+    "optimizer": ("sgd", "dot"),
 }
 # Keys that may differ between a run and its resumption without changing the result.
 HARMLESS_ON_RESUME = ("print_freq", "num_workers", "epochs", "resume", "device", "save_freq",

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from common.collectives import all_gather_cat, all_reduce_sum, barrier, world_size  # noqa: F401
+from common.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -65,23 +66,10 @@ def check_batch(batch_size, ctx):
                         f"each takes an equal share of the run's batch")
 
 
-def world_size():
-    return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def all_reduce_sum(tensor):
-    if dist.is_initialized():
-        dist.all_reduce(tensor)
-    return tensor
 
 
-def all_gather_cat(tensor):
-    """Every rank's `tensor` concatenated along dim 0, in rank order (itself without DDP)."""
-    if not dist.is_initialized():
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts)
 
 
 def average_gradients(parameters):
@@ -102,9 +90,6 @@ def broadcast_state(module):
             dist.broadcast(buffer, 0)
 
 
-def barrier():
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def shutdown():

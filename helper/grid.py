@@ -14,7 +14,7 @@ import re
 
 import yaml
 
-from .errors import UserError
+from common.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")

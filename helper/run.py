@@ -8,9 +8,11 @@ Files (CRD's checkpoint format, so other tools read them): `config.yaml`, `log.t
 import os
 import warnings
 
+from common.errors import UserError
+from common.files import write_atomic
+
 from . import checkpoint
 from .config import dump, resume_differences, to_dict
-from .errors import UserError
 
 LATEST = "latest.pth"
 PREVIOUS = "latest.prev.pth"  # the state before the last one: a fallback if latest.pth is damaged
@@ -79,7 +81,7 @@ class RunFolder:
         except OSError as e:
             raise UserError(f"cannot write the run folder {self.path} ({e.strerror}): "
                             f"choose another save_folder") from None
-        checkpoint.write_atomic(self.file("config.yaml"), dump(cfg).encode(), "the config")
+        write_atomic(self.file("config.yaml"), dump(cfg).encode(), "the config")
 
     def save(self, name, obj):
         if self.write:

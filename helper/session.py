@@ -4,11 +4,11 @@ import os
 import torch
 
 import dataset
+from common.errors import UserError
 from models import model_dict
 
 from . import distributed
 from .config import load_config
-from .errors import UserError
 from .logger import NullLogger, RunLogger
 from .run import RunFolder
 from .trainer import Trainer, pick_device, seed_everything

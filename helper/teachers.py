@@ -29,8 +29,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from helper.checkpoint import fsync_dir, write_atomic
-from helper.errors import UserError
+from common.files import fsync_dir, write_atomic
+from common.errors import UserError
 
 REGISTRY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'teachers.json')
 DEFAULT_DEST = os.path.join('save', 'teacher_model', 'cifar100')

@@ -15,8 +15,10 @@ import zlib
 import numpy as np
 import torch
 
+from common.errors import UserError
+
 from . import distributed
-from .errors import UserError
+from .dot import DOT
 from .logger import Progress
 
 
@@ -148,7 +150,10 @@ class Trainer:
         # under cuda_graph the learning rate lives in a device tensor read by fused SGD, so the
         # captured step follows the schedule
         self.lr = torch.tensor(cfg.learning_rate, device=device) if cfg.cuda_graph else None
-        self.optimizer = self.make_optimizer(distiller.parameters(), graphed=cfg.cuda_graph)
+        # the main training's parameters: those that need a gradient (a method freezes the
+        # modules it trains only in its init stage, AB's connectors, FT's paraphraser)
+        trained = [p for p in distiller.parameters() if p.requires_grad]
+        self.optimizer = self.make_optimizer(trained, graphed=cfg.cuda_graph, main=True)
         self.train_step = functools.partial(self.step, self.optimizer, self.model)
         if cfg.cuda_graph:
             self.train_step = GraphedStep(self.train_step)
@@ -156,10 +161,15 @@ class Trainer:
         self.stop = None
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
-    def make_optimizer(self, params, graphed=False):
+    def make_optimizer(self, params, graphed=False, main=False, lr=None):
+        """SGD with the config's momentum and weight decay; DOT for the main training when
+        `optimizer dot`. `lr`: the init stage's own rate (None: the config's)."""
         cfg = self.cfg
-        return torch.optim.SGD(params, lr=self.lr if graphed else cfg.learning_rate, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, fused=True if graphed else None)
+        if main and cfg.optimizer == "dot":
+            return DOT(params, cfg.learning_rate, cfg.momentum, cfg.dot_delta, cfg.weight_decay)
+        lr = self.lr if graphed else (lr or cfg.learning_rate)
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               fused=True if graphed else None)
 
     def set_lr(self, lr):
         for group in self.optimizer.param_groups:
@@ -186,7 +196,8 @@ class Trainer:
         self.distiller.load_state_dict(state["distiller"])
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # fused or not is this run's choice
-            group["fused"] = self.optimizer.defaults["fused"]
+            if "fused" in self.optimizer.defaults:
+                group["fused"] = self.optimizer.defaults["fused"]
         self.best_acc = state["best_acc"]
         self.start_epoch = state["epoch"] + 1
         self.init_done = state["init_done"]
@@ -211,13 +222,28 @@ class Trainer:
             logits, losses = compute_losses(image, target, index)
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        distributed.average_gradients(average)
-        self.scaler.step(optimizer)
-        self.scaler.update()
+        if isinstance(optimizer, DOT):
+            self.dot_backward(optimizer, losses)
+        else:
+            self.scaler.scale(loss).backward()
+            distributed.average_gradients(average)
+            self.scaler.step(optimizer)
+            self.scaler.update()
         # detached: a caller holding them must not keep this step's autograd graph alive
         return (None if logits is None else logits.detach(),
                 {name: value.detach() for name, value in losses.items()}, loss.detach())
+
+    @staticmethod
+    def dot_backward(optimizer, losses):
+        """DOT's two backward passes: the distillation terms' gradients first, kept by the
+        optimizer, then the task term's (cross-entropy), then the step."""
+        distill = [value for name, value in losses.items() if name != "ce" and value.requires_grad]
+        if distill:
+            sum(distill).backward(retain_graph=True)
+            optimizer.take_distill_grads()
+            optimizer.zero_grad(set_to_none=True)
+        losses["ce"].backward()
+        optimizer.step()
 
     def read_totals(self, sums, correct, seen):
         """The sums over every rank, as python numbers: ({name: sum}, correct, seen)."""
@@ -225,10 +251,11 @@ class Trainer:
         values = distributed.all_reduce_sum(values).tolist()
         return dict(zip(sums, values[:-2])), values[-2], values[-1]
 
-    def train_epoch(self, desc, step_fn, lr):
+    def train_epoch(self, desc, step_fn, lr, first=False):
         """`step_fn(image, target, index)` -> (logits, losses, loss) for each batch. Sums stay
         on the device; they are read (and checked for NaN/inf) every step on the plain path and
-        every print_freq steps on the fast path, where a read costs a sync."""
+        every print_freq steps on the fast path, where a read costs a sync. `first`: the run's
+        first epoch (a loss that breaks there points at the config)."""
         sums, correct, seen = {}, torch.zeros((), device=self.device), 0
         progress = Progress(len(self.train_loader), desc, self.cfg.print_freq, enabled=self.ctx.is_main)
         read_every = self.cfg.print_freq if self.cfg.fast else 1
@@ -248,11 +275,7 @@ class Trainer:
                     totals, total_correct, total_seen = self.read_totals(sums, correct, seen)
                     total = sum(totals.values())
                     if not math.isfinite(total):
-                        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-                        raise NonFiniteLoss(
-                            f"loss became non-finite by {desc} step {step} (last step: {terms}; lr {lr:g}): "
-                            f"stopped; the checkpoints of the last good epoch in {self.run.path} are kept; "
-                            f"lower learning_rate or check the data")
+                        self.non_finite(desc, step, totals, losses, lr, first and step <= max(10, read_every))
                     progress.update(read_every if step % read_every == 0 else step % read_every,
                                     loss=total / total_seen, acc=100.0 * total_correct / total_seen)
                 self.check_stop(f"{desc} step {step}")
@@ -266,7 +289,25 @@ class Trainer:
         means = {f"train_{k}": v / total_seen for k, v in totals.items()}
         means["train_loss"] = total / total_seen
         means["train_acc"] = 100.0 * total_correct / total_seen
+        # samples of a final batch too small for the method (or, on the fast path, any partial one)
+        dropped = len(self.train_loader.dataset) - int(total_seen)
+        if dropped > 0:
+            means["dropped"] = dropped
         return means
+
+    def non_finite(self, desc, step, totals, losses, lr, early):
+        """Stop with a NonFiniteLoss naming the term(s) that broke and the likely cause."""
+        broken = [name for name, value in totals.items() if not math.isfinite(value)]
+        terms = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        if early:
+            advice = ("it broke in the run's first steps, so the config is the likely cause, not the "
+                      "learning rate: check the method's knobs (see its docstring) and the batch size")
+        else:
+            advice = "lower learning_rate or check the data"
+        raise NonFiniteLoss(
+            f"loss term {', '.join(broken)} became non-finite by {desc} step {step} (last step: {terms}; "
+            f"lr {lr:g}): stopped; the checkpoints of the last good epoch in {self.run.path} are kept; "
+            f"{advice}")
 
     def set_epoch(self, phase, epoch):
         """Seed every RNG and the data order from (seed, phase, epoch)."""
@@ -278,21 +319,29 @@ class Trainer:
         stage = self.distiller.init_stage()
         if stage is None or self.init_done >= self.cfg.init_epochs:
             return
-        modules, compute = stage
-        optimizer = self.make_optimizer(modules.parameters())
+        params = list(stage.modules.parameters())
+        frozen = [p for p in params if not p.requires_grad]
+        for p in frozen:  # trained in this stage only (AB's connectors, FT's paraphraser)
+            p.requires_grad_(True)
+        optimizer = self.make_optimizer(params, lr=stage.lr)
         if init_state is not None:
             optimizer.load_state_dict(init_state)
-        step = functools.partial(self.step, optimizer, lambda *batch: (None, compute(*batch)),
-                                 average=list(modules.parameters()))
-        for epoch in range(self.init_done + 1, self.cfg.init_epochs + 1):
-            self.set_epoch("init", epoch)
-            self.distiller.train()
-            start = time.time()
-            stats = self.train_epoch(f"init {epoch}/{self.cfg.init_epochs}", step, self.cfg.learning_rate)
-            self.init_done = epoch
-            self.run.save_latest(self.state(0, init_optimizer=optimizer))
-            self.logger.message(f"init epoch {epoch} loss {stats['train_loss']:.6g} "
-                                f"seconds {time.time() - start:.1f}")
+        lr = optimizer.param_groups[0]["lr"]
+        step = functools.partial(self.step, optimizer, lambda *batch: (None, stage.losses(*batch)),
+                                 average=params)
+        try:
+            for epoch in range(self.init_done + 1, self.cfg.init_epochs + 1):
+                self.set_epoch("init", epoch)
+                self.distiller.train()
+                start = time.time()
+                stats = self.train_epoch(f"init {epoch}/{self.cfg.init_epochs}", step, lr, first=epoch == 1)
+                self.init_done = epoch
+                self.run.save_latest(self.state(0, init_optimizer=optimizer))
+                self.logger.message(f"init epoch {epoch} lr {lr:g} loss {stats['train_loss']:.6g} "
+                                    f"seconds {time.time() - start:.1f}")
+        finally:
+            for p in frozen:
+                p.requires_grad_(False)
 
     def fit(self, resume_state=None):
         init_state = self.restore(resume_state) if resume_state else None
@@ -311,8 +360,10 @@ class Trainer:
         self.set_lr(lr)
         self.set_epoch("train", epoch)
         self.distiller.train()
+        self.distiller.start_epoch(epoch)
         start = time.time()
-        stats = self.train_epoch(f"epoch {epoch}/{self.cfg.epochs}", self.train_step, lr)
+        stats = self.train_epoch(f"epoch {epoch}/{self.cfg.epochs}", self.train_step, lr,
+                                 first=epoch == 1 and not self.init_done)
         train_seconds = time.time() - start
         distributed.broadcast_state(self.distiller)  # ranks end every epoch identical
         if not self.ctx.is_main:

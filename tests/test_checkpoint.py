@@ -12,7 +12,7 @@ import torch
 from helper import checkpoint as ck
 from helper.checkpoint import (load_checkpoint, load_teacher, load_weights, model_state_dict,
                                save_atomic)
-from helper.errors import UserError
+from common.errors import UserError
 from models import model_dict
 
 

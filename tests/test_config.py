@@ -6,7 +6,7 @@ import yaml
 
 from helper.config import (KEYS, dump, get_cfg_defaults, load_config, parse_epochs,
                            resume_differences, to_dict)
-from helper.errors import UserError
+from common.errors import UserError
 
 # A student config written the way the paper's files are (quoted decay list, 5e-4 as text).
 PAPER_STYLE = """

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from distillers.crd import CRD, ContrastMemory
 from distillers.crd_sampling import ContrastSampler
 from helper.config import get_cfg_defaults
-from helper.errors import UserError
+from common.errors import UserError
 from models import model_dict
 
 REF = json.load(open(os.path.join(os.path.dirname(__file__), "reference", "crd.json")))

@@ -15,7 +15,7 @@ import dataset
 from dataset import cifar100
 from dataset.cifar100 import read_split
 from dataset.synthetic import write_synthetic_cifar100
-from helper.errors import UserError
+from common.errors import UserError
 
 
 def test_synthetic_files_have_cifar100_format(synthetic_dir):

@@ -117,6 +117,6 @@ def test_torchrun_launches_a_run(write_cfg, synthetic_dir, tmp_path):
 
 def test_batch_must_split_evenly(write_cfg, synthetic_dir, tmp_path):
     from helper import distributed
-    from helper.errors import UserError
+    from common.errors import UserError
     with pytest.raises(UserError, match="not divisible"):
         distributed.check_batch(63, distributed.Context(0, 2, 0))

@@ -14,7 +14,7 @@ from distillers import build, distiller_names
 from distillers.functional import (correlation_loss, distance_structure_loss, fsp_loss, hinton_kd,
                                    region_structure_loss)
 from helper.config import get_cfg_defaults
-from helper.errors import UserError
+from common.errors import UserError
 from models import model_dict
 from tests.deterministic import fill_deterministic, fixed_input
 
@@ -178,7 +178,7 @@ def test_one_step_moves_only_student_and_own_modules(name):
 def test_fsp_init_stage_trains_only_the_feature_modules():
     student, teacher = small_pair()
     distiller = build(make_cfg("fsp"), student, teacher)
-    modules, compute = distiller.init_stage()
+    modules, compute = distiller.init_stage()[:2]
     feat_params = {id(p) for p in modules.parameters()}
     assert feat_params <= {id(p) for p in student.parameters()}
     assert not {id(p) for p in student.fc.parameters()} & feat_params

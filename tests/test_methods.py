@@ -48,7 +48,7 @@ def test_every_shipped_config_builds_and_steps(path, synthetic_dir, models_cache
     image, target, index = torch.randn(4, 3, 32, 32), targets[:4], torch.arange(4)
     stage = distiller.init_stage()
     if stage is not None:
-        modules, compute = stage
+        modules, compute = stage.modules, stage.losses
         _, losses, loss = trainer.step(trainer.make_optimizer(modules.parameters()),
                                        lambda *b: (None, compute(*b)), image, target, index)
         assert torch.isfinite(loss)
@@ -81,7 +81,7 @@ def test_a_short_run_lowers_the_method_losses(method, synthetic_dir, write_cfg):
     batch = torch.randn(16, 3, 32, 32), targets[:16], torch.arange(16)
     stage = distiller.init_stage()
     if stage is not None:  # FSP: its loss lives in the init stage
-        modules, compute = stage
+        modules, compute = stage.modules, stage.losses
         optimizer = trainer.make_optimizer(modules.parameters())
         step = lambda: trainer.step(optimizer, lambda *b: (None, compute(*b)), *batch)  # noqa: E731
     else:

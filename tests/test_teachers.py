@@ -15,7 +15,7 @@ import torch
 
 import fetch_teachers as cli
 from helper import teachers as T
-from helper.errors import UserError
+from common.errors import UserError
 from models import model_dict
 
 FAST = dict(timeout=5.0, retries=2, backoff=0.01, progress=False)
