@@ -6,8 +6,11 @@
 Every folder under ROOT holding config.yaml and log.txt is a run. Its cell comes from config.yaml:
 (model_t, model_s, distill) for train_student.py runs, `model` for train_teacher.py runs (a
 teacher of the tables gives a Teacher row, a student of the tables the vanilla-Student row).
-Only finished runs (latest.pth finished at the configured epochs) are averaged; unfinished ones
-are listed apart. --rule best takes each run's best test top-1 over its epochs (what the paper
+A third table holds other methods' figures published elsewhere on the same pairs (`others` of
+configs/paper_results.json: VID, PKT, AB, FT, NST from the CRD paper, DKD and KD+DOT from
+mdistiller), with the runs of those methods beside them (`distill` their name, `optimizer dot`
+adds `_dot`: KD with DOT is the row kd_dot). Only finished runs (latest.pth finished at the
+configured epochs) are averaged; unfinished ones are listed apart. --rule best takes each run's best test top-1 over its epochs (what the paper
 did), --rule last the top-1 after the final epoch (what the CRD repository reported).
 --plot writes the test-accuracy curves of each cell to a PNG (needs matplotlib).
 """
@@ -26,6 +29,8 @@ TITLES = {"similar": "Teacher and student of similar architectures",
           "different": "Teacher and student of different architectures"}
 ROW_LABELS = {"teacher": "Teacher", VANILLA: "Student (vanilla)", "kd": "KD", "fitnet": "FitNet", "at": "AT",
               "fsp": "FSP", "rkd": "RKD", "cc": "CC", "sp": "SP", "crd": "CRD", "ours": "ASKD (ours)"}
+# config `distill` names of the CRD repository for rows of the third table
+OTHER_ALIASES = {"abound": "ab", "factor": "ft"}
 RULES = {"best": "each run's best test top-1 over its epochs",
          "last": "each run's test top-1 after its final epoch"}
 
@@ -61,10 +66,12 @@ def find_runs(root):
 
 
 class Grid:
-    """Which cells of the paper's tables a run's config belongs to."""
+    """Which cells of the paper's tables a run's config belongs to. A method of the third table
+    (`others`) has its cell under the table of its pair: (table, method, pair)."""
 
-    def __init__(self, tables):
+    def __init__(self, tables, others=None):
         self.tables = tables
+        self.others = (others or {}).get("methods", {})
         self.by_models, self.teachers, self.students = {}, {}, {}
         for table in TABLES:
             for pair in tables[table]["pairs"]:
@@ -81,9 +88,11 @@ class Grid:
             cells = [(t, "teacher", p) for t, p in self.teachers.get(model, [])]
             cells += [(t, VANILLA, p) for t, p in self.students.get(model, [])]
             return cells, ("" if cells else f"model {model or '?'} is neither a teacher nor a student of the tables")
-        method = DISTILL_TO_METHOD.get(distill)
-        if method is None:
-            return [], f"method '{distill}' is not a row of the tables"
+        method = DISTILL_TO_METHOD.get(distill) or OTHER_ALIASES.get(distill, distill)
+        if str(config.get("optimizer", "sgd")).lower() == "dot":
+            method += "_dot"
+        if method not in METHODS and method not in self.others:
+            return [], f"method '{distill}'{' with optimizer dot' * method.endswith('_dot')} is not a row of the tables"
         pairs = self.by_models.get((config.get("model_t"), config.get("model_s")), [])
         if not pairs:
             return [], f"pair {config.get('model_t')} -> {config.get('model_s')} is not in the tables"
@@ -185,6 +194,8 @@ def render(root, runs, data, rule, dataset):
                 notes += cell_notes(table, row, pair, members)
             lines.append(f"| {ROW_LABELS.get(row, row)} | " + " | ".join(texts) + " |")
         lines.append("")
+    if data.get("others"):
+        lines += render_others(data["others"], tables, cells, notes)
     if unfinished:
         lines += ["## Unfinished runs (not averaged)", "", "| run folder | run | progress |", "|---|---|---|"]
         lines += [f"| `{r.folder}` | {r.label} | {r.reason} |" for r in unfinished]
@@ -196,6 +207,31 @@ def render(root, runs, data, rule, dataset):
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in dict.fromkeys(notes)] + [""]
     return "\n".join(lines)
+
+
+def table_of(tables, pair):
+    return next(t for t in TABLES if pair in tables[t]["pairs"])
+
+
+def render_others(others, tables, cells, notes):
+    """The third table: other methods' published figures on the paper's pairs, runs beside them."""
+    pairs = [p for t in TABLES for p in tables[t]["pairs"]]
+    lines = ["## Other methods, published elsewhere", "",
+             "Not in the ASKD paper: figures of other papers on the same pairs (their teachers and vanilla "
+             "students differ slightly from the ASKD paper's); N/A where none is published.", "",
+             "| | " + " | ".join(f"{p} ({' → '.join(pair_models(p))})" for p in pairs) + " |",
+             "|---|" + "---|" * len(pairs)]
+    for row, spec in others["methods"].items():
+        texts = []
+        for pair in pairs:
+            table = table_of(tables, pair)
+            members = cells.get((table, row, pair), [])
+            texts.append(format_cell([r.value for r in members], spec["figures"].get(pair)))
+            notes += cell_notes(table, spec["label"], pair, members)
+        lines.append(f"| {spec['label']} [{spec['source']}] | " + " | ".join(texts) + " |")
+    lines += [""] + [f"- [{key}] {text}" for key, text in others["sources"].items()]
+    lines += [f"- {note}" for note in others.get("notes", [])] + [""]
+    return lines
 
 
 def cell_notes(table, row, pair, members):
@@ -214,8 +250,9 @@ def cell_notes(table, row, pair, members):
 
 # ----------------------------------------------------------------------------- the figure
 
-def plot(runs, path):
-    """Test top-1 per epoch, one panel per (table, pair), one line per row: mean over runs ± std."""
+def plot(runs, path, labels=ROW_LABELS):
+    """Test top-1 per epoch, one panel per (table, pair), one line per row: mean over runs ± std.
+    `labels`: row key -> legend label (the rows of the third table included)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -229,6 +266,7 @@ def plot(runs, path):
     rows = (len(panels) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
     order = ["teacher", VANILLA, *METHODS]
+    order += sorted({row for _, row, _ in cells} - set(order))
     for ax, (table, pair) in zip(axes.flat, panels):
         for row in order:
             members = cells.get((table, row, pair))
@@ -238,7 +276,7 @@ def plot(runs, path):
             per_epoch = [[r.log[e]["test_acc"] for r in members if e in r.log] for e in epochs]
             mean = [statistics.fmean(v) for v in per_epoch]
             line, = ax.plot(epochs, mean, marker="." if len(epochs) < 30 else None,
-                            label=f"{ROW_LABELS[row]} (n={len(members)})")
+                            label=f"{labels.get(row, row)} (n={len(members)})")
             if len(members) > 1:
                 std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in per_epoch]
                 ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
@@ -289,7 +327,7 @@ def main(argv=None):
     if not os.path.isdir(args.root):
         raise UserError(f"{args.root} is not a folder: give the folder holding the run folders (e.g. save/)")
     data = paper(args.paper)
-    grid = Grid(data["tables"])
+    grid = Grid(data["tables"], data.get("others"))
     runs = [load_run(folder, grid, args.rule) for folder in find_runs(args.root)]
     datasets = {}
     for run in runs:
@@ -314,7 +352,8 @@ def main(argv=None):
     else:
         print(text)
     if args.plot:
-        if plot(runs, args.plot):
+        labels = {**ROW_LABELS, **{k: v["label"] for k, v in data.get("others", {}).get("methods", {}).items()}}
+        if plot(runs, args.plot, labels):
             print(f"wrote {args.plot}")
         else:
             print(f"warning: no finished run to plot; {args.plot} not written", file=sys.stderr)

@@ -168,6 +168,37 @@ def test_user_errors(tmp_path, monkeypatch):
     assert out.strip() == "error: --plot needs matplotlib, which is not installed: pip install matplotlib"
 
 
+def test_third_table_other_methods_published_and_run(tmp_path):
+    """The third table: other papers' figures on the paper's pairs (N/A where none is published),
+    runs of those methods beside them; KD with DOT is the kd_dot row, not the KD row."""
+    make_run(tmp_path / "kd", KD, [70.0])
+    make_run(tmp_path / "kd_dot", KD, [76.0], extra=("optimizer", "dot"))
+    make_run(tmp_path / "vid", "kds/kd/res50_vgg8.yaml", [71.0])
+    make_run(tmp_path / "ab", "kds/kd/res110_res20.yaml", [69.0])
+    make_run(tmp_path / "pkt_dot", KD, [1.0], extra=("optimizer", "dot"))
+    for name, distill in (("vid", "vid"), ("ab", "abound"), ("pkt_dot", "pkt")):   # not registered yet
+        config = tmp_path / name / "config.yaml"
+        text = config.read_text()
+        assert 'distill: "kd"' in text
+        config.write_text(text.replace('distill: "kd"', f'distill: "{distill}"'))
+    code, out = call([str(tmp_path)])
+    assert code == 0, out
+    assert rows_of(out)["KD"][2] == "70.00 (n=1); paper 74.54; Δ -4.54"
+    part = out.split("## Other methods, published elsewhere")[1].split("\n## ")[0]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")[1:]]
+            for line in part.splitlines() if line.startswith("| ") and not line.startswith("| |")}
+    # columns: the 5 similar pairs, then the 6 different ones
+    assert rows["KD+DOT [dot]"][2] == "76.00 (n=1); paper 75.12; Δ +0.88"
+    assert rows["KD+DOT [dot]"][9] == "paper 75.55" and rows["KD+DOT [dot]"][0] == "N/A"
+    assert rows["VID [crd]"][7] == "71.00 (n=1); paper 70.30; Δ +0.70"
+    assert rows["AB [crd]"][1] == "69.00 (n=1); paper 69.53; Δ -0.53"
+    assert rows["DKD [dkd]"][:3] == ["paper 74.11", "N/A", "paper 76.32"]
+    assert rows["NST [crd]"][5] == "paper 58.16" and rows["FT [crd]"][10] == "paper 72.03"
+    assert "- [crd] Tian et al., Contrastive Representation Distillation" in part
+    assert "method 'pkt' with optimizer dot is not a row of the tables" in out
+    assert "5 found, 4 finished and averaged" in out
+
+
 def test_empty_root_gives_the_paper_tables(tmp_path):
     code, out = call([str(tmp_path)])
     assert code == 0 and "0 found" in out and rows_of(out)["ASKD (ours)"][2] == "paper 75.34"
