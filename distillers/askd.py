@@ -12,6 +12,10 @@ entries over the whole batch; the teacher's without gradient):
   r'^2 x r'^2 matrix |p_a - p_b|; summed over the maps.
 L_method = w_rs * L_rs + w_cs * L_cs (returned as two terms; a zero weight skips its term,
 and w_rs 0 builds no 1x1 conv).
+
+Refused (each loss would be undefined): r < 2 (one region per side has no distance to
+normalise by), a map smaller than 2x2 or not square, maps that r splits into different grids.
+Any batch size works: both structures are within a sample.
 """
 import torch.nn as nn
 
@@ -24,8 +28,9 @@ from .functional import distance_structure_loss, region_structure_loss
 class ASKD(Distiller):
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
-        if cfg.r < 1:
-            raise UserError(f"ASKD needs r >= 1 (regions per side), got r {cfg.r}")
+        if cfg.r < 2:
+            raise UserError(f"ASKD needs r >= 2 (regions per side: one region has no structure), "
+                            f"got r {cfg.r}")
         self.r, self.w_rs, self.w_cs = int(cfg.r), float(cfg.w_rs), float(cfg.w_cs)
         feats_s, feats_t = self.probe_feats(student), self.probe_feats(teacher)
         # w_rs 0: no region term, so no 1x1 convs (no parameter without a gradient under DDP)
@@ -40,6 +45,10 @@ class ASKD(Distiller):
                                 f"(teacher): choose another group or layer")
             h_s, h_t = f_s.shape[2], f_t.shape[2]
             r = min(self.r, h_s, h_t)
+            if r < 2:
+                raise UserError(f"ASKD's region structure needs maps of at least 2x2, got "
+                                f"{h_s}x{h_s} (student) and {h_t}x{h_t} (teacher): choose another "
+                                f"group or layer")
             if h_s // (h_s // r) != h_t // (h_t // r):
                 raise UserError(f"ASKD: the student's {h_s}x{h_s} map and the teacher's {h_t}x{h_t} "
                                 f"map do not split into the same regions with r {self.r}: "

@@ -1,6 +1,9 @@
 """CC: Peng et al., "Correlation Congruence for Knowledge Distillation" (ICCV 2019), in the form
 of CRD's code: both last features (feats[-1]) embedded by trainable linear maps to feat_dim,
 d = |e_s - e_t|, L = mean_i sum_k d[i, k] * d[i + 1, k] (consecutive samples of the batch).
+
+Needs at least 2 samples in a batch (`min_batch`: one sample has no pair, the mean of nothing
+is NaN); the loop drops a smaller final batch, and a smaller batch_size is refused.
 """
 import torch.nn as nn
 

@@ -11,6 +11,10 @@ with Z = mean(exp scores) * N fixed on the first batch; the loss is NCE with noi
 1/N on each side (`functional.nce_loss`), student side plus teacher side. After the scores, the
 rows of the batch's own indices move: memory[i] <- normalize(nce_m * memory[i] + (1 - nce_m) * v).
 Memories and Z are buffers: they are saved in the distiller's state_dict, so resume is exact.
+
+Refused: nce_k above the negatives a sample has (the training samples of other classes).
+nce_t > 0, 0 <= nce_m < 1 and feat_dim > 0 are config checks. Any batch size works: every
+score is of one sample against the memory.
 """
 import torch
 import torch.nn as nn

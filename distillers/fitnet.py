@@ -2,6 +2,9 @@
 
 L = mean((R(f_s) - f_t)^2) with f = feats[hint_layer] (2 in the paper's files) and R a regressor
 trained with the student: a conv chosen by the spatial sizes (as CRD's ConvReg), then BN, ReLU.
+
+Refused: a hint_layer that is not a feature map of both models, and student/teacher maps
+whose sizes are neither equal, double, half nor larger on both sides.
 """
 import torch.nn as nn
 import torch.nn.functional as F

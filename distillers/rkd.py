@@ -4,6 +4,9 @@ On feats[-1] (flattened): distance term, smooth L1 between the pairwise-distance
 the batch, each divided by the mean of its positive entries (`functional.normalized_distances`,
 the teacher's without gradient), weight 25; angle term, smooth L1 between the cosines of the
 normalised difference vectors of all triplets, weight 50.
+
+Needs at least 2 samples in a batch (`min_batch`: with one there is no distance to normalise
+by); the loop drops a smaller final batch, and a smaller batch_size is refused.
 """
 from .base import Distiller
 from .functional import distance_structure_loss, rkd_angle

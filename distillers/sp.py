@@ -2,6 +2,9 @@
 
 On feats[-2]: G = F F^T over the batch (F: the maps flattened per sample), rows L2-normalised;
 L = ||G_t - G_s||_F^2 / B^2.
+
+Needs at least 2 samples in a batch (`min_batch`: one sample's Gram matrix is the constant 1);
+the loop drops a smaller final batch, and a smaller batch_size is refused.
 """
 from .base import Distiller
 from .functional import similarity_loss

@@ -50,7 +50,7 @@ KEYS = [
     ("nce_t", 0.07, "CRD: temperature"),
     ("nce_m", 0.5, "CRD: momentum of the memory update"),
     ("group", "res_last", "ASKD region loss on: res_last (feats[-2]), res_group (feats[1:-1]), target (feats[layer])"),
-    ("r", 2, "ASKD: regions per side (clamped to the map size)"),
+    ("r", 2, "ASKD: regions per side, at least 2 (clamped to the map size)"),
     ("w_rs", 5.0, "ASKD: weight of the region-structure loss"),
     ("w_cs", 14.0, "ASKD: weight of the class-structure loss"),
     ("layer", 2, "ASKD group target: index of the feature used"),
@@ -222,8 +222,9 @@ def validate(cfg, script):
             raise UserError(f"'{key}' must not be negative, got {cfg[key]}")
     if not 0 <= cfg.nce_m < 1:
         raise UserError(f"'nce_m' must be in [0, 1), got {cfg.nce_m}")
-    if cfg.r < 1:
-        raise UserError(f"'r' must be at least 1, got {cfg.r}")
+    if cfg.r < 2:
+        raise UserError(f"'r' must be at least 2 (ASKD's regions per side: one region has no "
+                        f"structure to compare), got {cfg.r}")
     epochs = cfg.lr_decay_epochs
     if any(b <= a for a, b in zip(epochs, epochs[1:])) or any(e < 1 for e in epochs):
         raise UserError(f"'lr_decay_epochs' must be positive and increasing, got {epochs}")

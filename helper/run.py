@@ -8,6 +8,8 @@ Files (CRD's checkpoint format, so other tools read them): `config.yaml`, `log.t
 import os
 import warnings
 
+import yaml
+
 from common.errors import UserError
 from common.files import write_atomic
 
@@ -38,6 +40,7 @@ class RunFolder:
         self.model_name = cfg.model if script == "teacher" else cfg.model_s
         self.config_dict = to_dict(cfg)
         self.write = write  # False on DDP ranks other than 0
+        self.notes = []  # lines for the run's log (written once the folder exists)
         self.resume_state = self.find_resume(cfg)
 
     def file(self, name):
@@ -60,8 +63,11 @@ class RunFolder:
         state = self.load_latest()
         if state is None:
             if cfg.resume:
-                raise UserError(f"resume asked for, but {self.file(LATEST)} does not exist: "
-                                f"start without 'resume True'")
+                if not self.holds_config_of(cfg):
+                    raise UserError(f"resume asked for, but {self.file(LATEST)} does not exist: "
+                                    f"start without 'resume True'")
+                self.notes.append(f"resume asked for, but no epoch of this run finished in {self.path} "
+                                  f"(no {LATEST}): starting from epoch 1")
             if os.path.isdir(self.path) and any(f.endswith(".pth") for f in os.listdir(self.path)):
                 raise UserError(f"{self.path} holds checkpoints of another run: name a new trial "
                                 f"(trial NAME) or another save_folder")
@@ -74,6 +80,15 @@ class RunFolder:
             raise UserError(f"{self.path} holds a finished run of {state['epoch']} epochs: name a new "
                             f"trial (trial NAME) or raise epochs to continue it")
         return state
+
+    def holds_config_of(self, cfg):
+        """Whether the folder's config.yaml is this run's (a run stopped in its first epoch)."""
+        try:
+            with open(self.file("config.yaml")) as f:
+                saved = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError):
+            return False
+        return isinstance(saved, dict) and not resume_differences(saved, cfg)
 
     def create(self, cfg):
         try:

@@ -14,11 +14,24 @@ from .run import RunFolder
 from .trainer import Trainer, pick_device, seed_everything
 
 
+def check_min_batch(cfg, world_size):
+    """A method whose losses compare samples needs at least that many in each rank's batch."""
+    from distillers import METHODS
+    need, per_rank = METHODS[cfg.distill].min_batch, cfg.batch_size // world_size
+    if per_rank < need:
+        where = f" per process ({world_size} processes)" if world_size > 1 else ""
+        raise UserError(f"method '{cfg.distill}' compares the samples of a batch and needs at least "
+                        f"{need} of them{where}, but batch_size {cfg.batch_size} gives {per_rank}: "
+                        f"set batch_size {need * world_size} or more")
+
+
 class Session:
     def __init__(self, cfg_path, overrides, script):
         self.cfg = cfg = load_config(cfg_path, overrides, script)
         self.ctx = ctx = distributed.init(cfg.device)
         distributed.check_batch(cfg.batch_size, ctx)
+        if script == "student":
+            check_min_batch(cfg, ctx.world_size)
         self.device = pick_device(cfg.device)
         if ctx.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", ctx.local_rank)
@@ -41,6 +54,8 @@ class Session:
             self.test_loader = dataset.build_test_loader(cfg.data_dir, batch_size=256,
                                                          num_workers=cfg.num_workers, download=False)
         self.logger, self.early_lines = None, []
+        for note in self.run.notes:
+            self.log(note)
         state = self.run.resume_state
         self.log(f"run folder {self.run.path} on {self.device}" +
                  (f" x {ctx.world_size} processes" if ctx.enabled else "") +

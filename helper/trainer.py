@@ -261,23 +261,27 @@ class Trainer:
         read_every = self.cfg.print_freq if self.cfg.fast else 1
         try:
             for step, (image, target, index) in enumerate(self.train_loader, 1):
-                image = image.to(self.device, non_blocking=True)
-                target = target.to(self.device, non_blocking=True)
-                index = index.to(self.device, non_blocking=True)
-                logits, losses, loss = step_fn(image, target, index)
-                n = len(target)
-                seen += n
-                for name, value in losses.items():
-                    sums[name] = sums.get(name, 0.0) + value.detach().float() * n
-                if logits is not None:
-                    correct += accuracy(logits.detach(), target, ks=(1,))[0]
+                # a final batch smaller than the method's losses are defined on is dropped (the
+                # same on every rank: the ranks' shares have equal sizes)
+                if len(target) >= self.distiller.min_batch:
+                    image = image.to(self.device, non_blocking=True)
+                    target = target.to(self.device, non_blocking=True)
+                    index = index.to(self.device, non_blocking=True)
+                    logits, losses, loss = step_fn(image, target, index)
+                    n = len(target)
+                    seen += n
+                    for name, value in losses.items():
+                        sums[name] = sums.get(name, 0.0) + value.detach().float() * n
+                    if logits is not None:
+                        correct += accuracy(logits.detach(), target, ks=(1,))[0]
                 if step % read_every == 0 or step == len(self.train_loader):
                     totals, total_correct, total_seen = self.read_totals(sums, correct, seen)
                     total = sum(totals.values())
                     if not math.isfinite(total):
                         self.non_finite(desc, step, totals, losses, lr, first and step <= max(10, read_every))
-                    progress.update(read_every if step % read_every == 0 else step % read_every,
-                                    loss=total / total_seen, acc=100.0 * total_correct / total_seen)
+                    if total_seen:
+                        progress.update(read_every if step % read_every == 0 else step % read_every,
+                                        loss=total / total_seen, acc=100.0 * total_correct / total_seen)
                 self.check_stop(f"{desc} step {step}")
         except (RuntimeError, OSError):
             self.check_stop(desc)  # a signal also kills loader workers: report the signal
@@ -289,8 +293,9 @@ class Trainer:
         means = {f"train_{k}": v / total_seen for k, v in totals.items()}
         means["train_loss"] = total / total_seen
         means["train_acc"] = 100.0 * total_correct / total_seen
-        # samples of a final batch too small for the method (or, on the fast path, any partial one)
-        dropped = len(self.train_loader.dataset) - int(total_seen)
+        # samples of a final batch too small for the method (on the fast path: any partial one);
+        # under DDP every rank's share of the epoch is len(sampler), padding included
+        dropped = len(self.train_loader.sampler) * self.ctx.world_size - int(total_seen)
         if dropped > 0:
             means["dropped"] = dropped
         return means
@@ -332,7 +337,8 @@ class Trainer:
         try:
             for epoch in range(self.init_done + 1, self.cfg.init_epochs + 1):
                 self.set_epoch("init", epoch)
-                self.distiller.train()
+                self.distiller.eval()  # as the original: only the stage's modules in train mode
+                stage.modules.train()
                 start = time.time()
                 stats = self.train_epoch(f"init {epoch}/{self.cfg.init_epochs}", step, lr, first=epoch == 1)
                 self.init_done = epoch
