@@ -3,6 +3,7 @@
     python sweep.py --table similar --methods kd ours vanilla --seeds 3 --executor local
     python sweep.py --table all --seeds 3 --executor slurm --partition gpu --time 24:00:00
     python sweep.py --pairs res110_res20 --methods kd --seeds 2 --dry-run --set epochs 1 lr_decay_epochs 1
+    python sweep.py --table all --seeds 3 --runs-per-gpu 4 --set fast True amp bf16 cuda_graph True
 
 A run is one shipped config (configs/kds/<method>/<pair>.yaml, or for the `vanilla` row
 configs/train_vanilla/<student>.yaml through train_teacher.py) with `seed <s>`, its own
@@ -11,10 +12,15 @@ Finished runs (latest.pth finished at the configured epochs) are skipped; interr
 launched again and resume by themselves. `--executor local` runs one process per visible GPU
 (or `--jobs` at once; one after the other on a CPU-only machine); `--executor slurm` submits one
 submitit job array (`--wait` to wait for it and report failures). Exit status 1 if a run failed.
+`--runs-per-gpu K` packs K runs (K processes) on each GPU, with CUDA MPS when available, after
+checking that K of them fit in its memory; on Slurm one array task runs K runs on its GPU; on a
+CPU-only machine K runs go at once with the cores divided (why processes, how memory is
+estimated: helper/packing.py).
 """
 import argparse
 import concurrent.futures
 import difflib
+import json
 import os
 import queue
 import re
@@ -26,6 +32,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
+from helper import packing
 from helper.cli import run_main
 from common.errors import UserError
 from helper.grid import (METHODS, ROOT, TABLES, VANILLA, method_config, pair_models, paper, run_state,
@@ -93,6 +100,9 @@ def parse_args(argv):
                        help="comma-separated GPU ids to use (default: every visible GPU)")
     local.add_argument("--jobs", type=int, default=None,
                        help="runs at once (default: one per GPU; 1 without GPU)")
+    p.add_argument("--runs-per-gpu", "--runs_per_gpu", dest="runs_per_gpu", type=int, default=1, metavar="K",
+                   help="K runs share each GPU (K processes, with CUDA MPS when available; refused when K "
+                        "would not fit in its memory); without a GPU, K runs at once, cores divided (default: 1)")
     slurm = p.add_argument_group("slurm executor (submitit)")
     slurm.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's)")
     slurm.add_argument("--time", default="24:00:00", help="time limit per run: minutes or [D-]HH:MM:SS")
@@ -103,6 +113,7 @@ def parse_args(argv):
     slurm.add_argument("--wait", action="store_true", help="wait for the jobs; report and exit 1 on failure")
     slurm.add_argument("--cluster", default="slurm", choices=("slurm", "local", "debug"),
                        help="submitit backend: slurm, or local/debug to try the path without Slurm")
+    p.add_argument("--group", default=None, help=argparse.SUPPRESS)  # inside a Slurm task: its K runs
     args = p.parse_args(argv)
     if len(args.overrides) % 2:
         raise UserError(f"--set takes KEY VALUE pairs; '{args.overrides[-1]}' has no value")
@@ -110,6 +121,10 @@ def parse_args(argv):
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.runs_per_gpu < 1:
+        raise UserError(f"--runs-per-gpu must be at least 1, got {args.runs_per_gpu}")
+    if args.runs_per_gpu > 1 and args.jobs is not None:
+        raise UserError("give --jobs or --runs-per-gpu, not both: --runs-per-gpu K runs K per GPU at once")
     keys = args.overrides[::2]
     for key in SWEEP_SETS:
         if key in keys:
@@ -231,11 +246,12 @@ def last_error_line(text):
     return (raised or lines or ["(no output)"])[-1]
 
 
-def run_one(run, gpu=None, stop=None):
-    """Run one training process; its console output is appended to <run folder>/stdout.txt."""
+def run_one(run, gpu=None, stop=None, env=None):
+    """Run one training process (`env`: extra environment); its console output is appended to
+    <run folder>/stdout.txt."""
     if stop is not None and stop.is_set():
         return {"rc": None, "line": "not started (interrupted)", "seconds": 0.0}
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     os.makedirs(run.folder, exist_ok=True)
@@ -255,7 +271,7 @@ def run_one(run, gpu=None, stop=None):
     return {"rc": rc, "line": line, "seconds": time.time() - start, "output": output}
 
 
-def launch_local(runs, gpus, jobs):
+def launch_local(runs, gpus, jobs, env=None):
     slots = queue.Queue()
     for i in range(jobs):
         slots.put(gpus[i % len(gpus)] if gpus else None)
@@ -264,7 +280,7 @@ def launch_local(runs, gpus, jobs):
     def work(run):
         gpu = slots.get()
         try:
-            result = run_one(run, gpu, stop)
+            result = run_one(run, gpu, stop, env)
         finally:
             slots.put(gpu)
         with lock:
@@ -277,6 +293,8 @@ def launch_local(runs, gpus, jobs):
         run.result = result
 
     where = f"{len(gpus)} GPU(s) ({','.join(gpus)})" if gpus else "the CPU"
+    if env and "OMP_NUM_THREADS" in env:
+        where += f" ({env['OMP_NUM_THREADS']} thread(s) each)"
     print(f"launching {len(runs)} run(s) on {where}, {jobs} at a time; output in <run folder>/{OUTPUT}",
           flush=True)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
@@ -289,6 +307,49 @@ def launch_local(runs, gpus, jobs):
         pool.shutdown(wait=True, cancel_futures=True)  # the running ones got the SIGINT and save
         raise Interrupted("interrupted: run the same command again to resume the unfinished runs") from None
     pool.shutdown(wait=True)
+
+
+# ----------------------------------------------------------------------------- packing
+
+def probe_peak(run, gpu, save_root):
+    """(peak bytes, what) of one epoch of `run` alone on `gpu`, in a scratch folder removed after."""
+    folder = os.path.join(save_root, ".probe", run.name)
+    shutil.rmtree(folder, ignore_errors=True)
+    probe = Run(run.name, run.method, run.script, run.cfg_path,
+                run.overrides + ["save_folder", folder, "epochs", 1, "lr_decay_epochs", 1, "init_epochs", 1,
+                                 "tensorboard", False], folder=folder)
+    print(f"packing: measuring one run's peak memory: {run.name}, one epoch alone on GPU {gpu}", flush=True)
+    result = run_one(probe, gpu)
+    peak, _ = packing.recorded_peak(root for root, _, files in os.walk(folder) if packing.PEAK_MEMORY in files)
+    shutil.rmtree(os.path.join(save_root, ".probe"), ignore_errors=True)
+    if peak is None:
+        raise UserError(f"--runs-per-gpu: the memory probe ({run.name}, one epoch) failed: "
+                        f"{result['line'] or 'it recorded no peak memory'}")
+    return peak, f"one epoch of {run.name}"
+
+
+def check_packing(runs, todo, gpus, k, scratch):
+    """Refuse K runs per GPU when K of the largest measured run would not fit in a GPU's free memory."""
+    peak, folder = packing.recorded_peak(run.folder for run in runs)
+    what = f"recorded in {folder}" if folder else ""
+    if peak is None:
+        peak, what = probe_peak(todo[0], gpus[0], scratch)
+    for gpu, free in packing.free_memory(gpus).items():
+        packing.check_fit(k, peak, free, f"GPU {gpu}")
+    print(f"packing: {k} runs per GPU, each up to {peak / packing.GIB:.2f} GiB ({what})", flush=True)
+
+
+def launch_packed(todo, runs, gpus, k, scratch):
+    """--runs-per-gpu K on this machine: K runs per GPU under MPS, or K CPU runs at once with the
+    cores divided. `scratch`: where the memory probe and MPS's pipes go."""
+    if not gpus:
+        env = {} if "OMP_NUM_THREADS" in os.environ else {"OMP_NUM_THREADS": str(packing.cpu_threads(k))}
+        launch_local(todo, gpus, k, env)
+        return
+    check_packing(runs, todo, gpus, k, scratch)
+    with packing.MPS(os.path.join(scratch, ".mps")) as mps:
+        print(f"packing: {mps.note}", flush=True)
+        launch_local(todo, gpus, k * len(gpus), mps.env)
 
 
 # ----------------------------------------------------------------------------- slurm executor
@@ -329,33 +390,78 @@ def launch_slurm(runs, args):
                   slurm_array_parallelism=args.array_parallelism)
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     cwd = os.getcwd()
+    groups = [[run] for run in runs]
+    if args.runs_per_gpu > 1:  # one task runs K runs per GPU of its node: `sweep.py --group FILE`
+        size = args.runs_per_gpu * args.gpus_per_node
+        groups = [runs[i:i + size] for i in range(0, len(runs), size)]
+        commands = [write_group(group, os.path.join(folder, "groups", f"group_{i}.json"), args.runs_per_gpu)
+                    for i, group in enumerate(groups)]
+    else:
+        commands = [run.command for run in runs]
     with executor.batch():
-        jobs = [executor.submit(submitit.helpers.CommandFunction(run.command, cwd=cwd)) for run in runs]
-    print(f"submitted {len(jobs)} run(s) as job array {jobs[0].job_id.split('_')[0]} "
+        jobs = [executor.submit(submitit.helpers.CommandFunction(command, cwd=cwd)) for command in commands]
+    per_task = f" in {len(jobs)} task(s) of up to {len(groups[0])}" if len(groups) < len(runs) else ""
+    print(f"submitted {len(runs)} run(s){per_task} as job array {jobs[0].job_id.split('_')[0]} "
           f"(submitit folder {folder})", flush=True)
     if not (args.wait or args.cluster != "slurm"):
         print("not waiting: run the same command again later to see what finished "
               "(finished runs are skipped, interrupted ones resubmitted)")
         return False
-    for i, (run, job) in enumerate(zip(runs, jobs), 1):
+    i = 0
+    for group, job in zip(groups, jobs):
         try:
             error = job.exception()
         except Exception as e:  # noqa: BLE001 - the job never completed (cancelled, node failure...)
             error = e
-        if error is None:
-            run.result = {"rc": 0, "line": ""}
-            print(f"[{i}/{len(runs)}] done {run.name} (job {job.job_id})", flush=True)
-        else:
-            line = last_error_line(str(error))
-            run.result = {"rc": 1, "line": line, "output": str(job.paths.stderr).replace("%t", "0")}
-            print(f"[{i}/{len(runs)}] FAILED {run.name} (job {job.job_id}): {line}", flush=True)
+        for run in group:  # a task of several runs may fail for some of them only
+            i += 1
+            if error is None or (len(group) > 1 and run_state(run.folder, run.epochs)[0] == "finished"):
+                run.result = {"rc": 0, "line": ""}
+                print(f"[{i}/{len(runs)}] done {run.name} (job {job.job_id})", flush=True)
+            else:
+                text = str(error)
+                mine = [line for line in text.splitlines() if line.startswith(f"failed: {run.name}: ")]
+                line = mine[-1][len(f"failed: {run.name}: "):] if mine else last_error_line(text)
+                run.result = {"rc": 1, "line": line, "output": str(job.paths.stderr).replace("%t", "0")}
+                print(f"[{i}/{len(runs)}] FAILED {run.name} (job {job.job_id}): {line}", flush=True)
     return True
+
+
+def write_group(runs, path, k):
+    """The file of one Slurm task's runs, and the command that runs them there."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fields = [{"name": r.name, "method": r.method, "script": r.script, "cfg_path": r.cfg_path,
+               "overrides": [str(o) for o in r.overrides]} for r in runs]
+    with open(path, "w") as f:
+        json.dump(fields, f, indent=1)
+    return [sys.executable, os.path.join(ROOT, "sweep.py"), "--group", os.path.abspath(path),
+            "--runs-per-gpu", str(k)]
+
+
+def run_group(args):
+    """Inside a Slurm task: its runs, K per GPU of the node (MPS, memory check), as the local executor."""
+    try:
+        with open(args.group) as f:
+            runs = [Run(**fields) for fields in json.load(f)]
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"cannot read the task's runs {args.group}: {e}") from None
+    for run in runs:
+        resolve(run)
+    todo = [r for r in runs if r.state != "finished"]
+    if todo:
+        launch_packed(todo, runs, visible_gpus(), args.runs_per_gpu, os.path.dirname(args.group))
+    failed = [r for r in todo if r.result.get("rc") != 0]
+    for run in failed:  # on stderr: what submitit reports of a failed task
+        print(f"failed: {run.name}: {run.result.get('line', 'not run')}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.group:
+        return run_group(args)
     runs = plan(args)
     todo = [r for r in runs if r.state != "finished"]
     skipped = len(runs) - len(todo)
@@ -384,7 +490,10 @@ def main(argv=None):
     waited = True
     if args.executor == "local":
         gpus = visible_gpus(args.gpus)
-        launch_local(todo, gpus, args.jobs or max(1, len(gpus)))
+        if args.runs_per_gpu > 1:
+            launch_packed(todo, runs, gpus, args.runs_per_gpu, args.save_root)
+        else:
+            launch_local(todo, gpus, args.jobs or max(1, len(gpus)))
     else:
         waited = launch_slurm(todo, args)
     if not waited:

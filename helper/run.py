@@ -3,7 +3,8 @@
 Files (CRD's checkpoint format, so other tools read them): `config.yaml`, `log.txt`,
 `tensorboard/`, `<model>_best.pth` {epoch, model, best_acc}, `ckpt_epoch_N.pth`
 {epoch, model, accuracy}, `<model>_last.pth` {opt, model, epoch, best_acc}, and `latest.pth`
-(everything a resume needs). Every file is written atomically: complete or absent.
+(everything a resume needs), and on CUDA `peak_memory.json` (helper/packing.py). Every file is
+written atomically: complete or absent.
 """
 import os
 import warnings

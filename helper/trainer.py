@@ -20,6 +20,7 @@ from common.errors import UserError
 from . import distributed
 from .dot import DOT
 from .logger import Progress
+from .packing import write_peak_memory
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -379,6 +380,8 @@ class Trainer:
         self.best_acc = max(self.best_acc, test["top1"])
         self.run.save_epoch(self.distiller.student, epoch, test["top1"], self.best_acc, improved)
         self.run.save_latest(self.state(epoch))
+        if self.device.type == "cuda":  # what sweep.py --runs-per-gpu sizes its packing by
+            write_peak_memory(self.run.path, self.device)
         self.logger.epoch(epoch, {"lr": lr, **stats, "test_loss": test["loss"], "test_acc": test["top1"],
                                   "test_acc_top5": test["top5"], "best_acc": self.best_acc,
                                   "seconds": round(train_seconds, 2)})
