@@ -1,15 +1,17 @@
-"""The paper's pretrained CIFAR-100 teachers: registry, download, verification.
+"""Pretrained teachers: the paper's CIFAR-100 ones and torchvision's ImageNet ResNets; registry,
+download, verification.
 
-The registry (``helper/teachers.json``) lists, for each teacher, its architecture, the
-published test top-1 and its sources in order of preference.  A source is
+The registry (``helper/teachers.json``) lists, for each teacher, its architecture, its data set
+(``dataset``, default cifar100), the published test top-1 and its sources in order of
+preference.  A source is
 ``base + path`` (``--mirror M`` / ``$ASKD_TEACHER_MIRROR`` turns it into ``M/path``);
 a source with a ``member`` is a tar archive holding the checkpoint under that name.
 
 Downloads use only the standard library: timeouts, retries with exponential backoff,
 resume of a partial ``.part`` file with an HTTP Range request, and the file is renamed
-into place only once its sha256 matches (the registry's, or the one recorded in
-``<dest>/teachers.lock.json`` by the first verified download) and it loads as the right
-architecture.  Tar members are streamed out by name (never ``extractall``) and the
+into place only once its sha256 matches (the registry's, which may be a hex prefix as in
+torchvision's file names, and the one recorded in ``<dest>/teachers.lock.json`` by the first
+verified download) and it loads as the right architecture with its data set's classes.  Tar members are streamed out by name (never ``extractall``) and the
 whole archive is refused if any member has an absolute path, a ``..`` component, or is
 a link or device pointing out of it.  A teacher already installed is not downloaded again.
 """
@@ -33,7 +35,7 @@ from common.files import fsync_dir, write_atomic
 from common.errors import UserError
 
 REGISTRY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'teachers.json')
-DEFAULT_DEST = os.path.join('save', 'teacher_model', 'cifar100')
+DEFAULT_DEST = os.path.join('save', 'teacher_model', 'cifar100')   # of the CIFAR-100 teachers
 LOCK_NAME = 'teachers.lock.json'
 MIRROR_ENV = 'ASKD_TEACHER_MIRROR'
 ACCURACY_TOLERANCE = 1.0   # points of top-1 a teacher may lose against the published figure
@@ -41,7 +43,8 @@ ACCURACY_TOLERANCE = 1.0   # points of top-1 a teacher may lose against the publ
 _CHUNK = 1 << 16
 _USER_AGENT = 'askd-fetch-teachers/1.0 (python-urllib)'
 
-__all__ = ['load_registry', 'teacher_file', 'source_url', 'fetch_teachers', 'download',
+__all__ = ['load_registry', 'teacher_file', 'teacher_dataset', 'default_dest', 'source_url',
+           'fetch_teachers', 'download',
            'extract_member',
            'check_teacher_accuracy', 'published_top1', 'sha256_of',
            'REGISTRY_PATH', 'DEFAULT_DEST', 'LOCK_NAME', 'MIRROR_ENV']
@@ -50,7 +53,7 @@ __all__ = ['load_registry', 'teacher_file', 'source_url', 'fetch_teachers', 'dow
 # ----------------------------------------------------------------------------- registry
 
 def load_registry(path=REGISTRY_PATH):
-    """The teachers of ``teachers.json`` as ``{name: {arch, top1, sha256, sources}}``."""
+    """The teachers of ``teachers.json`` as ``{name: {arch, top1, sha256, sources[, dataset]}}``."""
     try:
         with open(path, encoding='utf-8') as f:
             data = json.load(f)
@@ -67,17 +70,29 @@ def load_registry(path=REGISTRY_PATH):
 def _check_spec(name, spec, where):
     ok = (isinstance(spec, dict) and isinstance(spec.get('arch'), str)
           and isinstance(spec.get('top1'), (int, float))
-          and (spec.get('sha256') is None or re.fullmatch(r'[0-9a-f]{64}', str(spec['sha256'])))
+          and (spec.get('sha256') is None or re.fullmatch(r'[0-9a-f]{8,64}', str(spec['sha256'])))
+          and isinstance(spec.get('dataset', 'cifar100'), str)
           and isinstance(spec.get('sources'), list) and spec['sources']
           and all(isinstance(s, dict) and isinstance(s.get('base'), str)
                   and isinstance(s.get('path'), str) for s in spec['sources']))
     if not ok:
         raise UserError(f'teacher registry {where}: entry {name!r} needs arch, top1, sha256 '
-                        f'(64 hex digits or null) and a list of sources with base and path')
+                        f'(64 hex digits, a prefix of at least 8, or null) and a list of sources '
+                        f'with base and path')
+
+
+def teacher_dataset(spec):
+    """The data set a registry teacher was trained on (and is verified on)."""
+    return spec.get('dataset', 'cifar100')
+
+
+def default_dest(dataset):
+    """Where the teachers of ``dataset`` go by default: ``save/teacher_model/<dataset>``."""
+    return os.path.join('save', 'teacher_model', dataset)
 
 
 def published_top1(name, registry=None):
-    """The published CIFAR-100 test top-1 of teacher ``name`` (percent), or None."""
+    """The published test top-1 of teacher ``name`` on its data set (percent), or None."""
     registry = load_registry() if registry is None else registry
     spec = registry.get(name)
     return float(spec['top1']) if spec else None
@@ -86,10 +101,12 @@ def published_top1(name, registry=None):
 def check_teacher_accuracy(model_name, top1, registry=None, tolerance=ACCURACY_TOLERANCE):
     """A loud warning if ``top1`` (percent) is more than ``tolerance`` points below the
     published figure of teacher ``model_name``; None when it is fine or not a known teacher."""
+    registry = load_registry() if registry is None else registry
     published = published_top1(model_name, registry)
     if published is None or top1 >= published - tolerance:
         return None
-    return (f'WARNING: teacher {model_name} scores {top1:.2f}% top-1 on the CIFAR-100 test set, '
+    dataset = teacher_dataset(registry[model_name])
+    return (f'WARNING: teacher {model_name} scores {top1:.2f}% top-1 on the {dataset} test set, '
             f'{published - top1:.2f} points below the published {published:.2f}%: the checkpoint is '
             f'probably wrong or damaged; results distilled from it will not match the paper '
             f'(re-fetch it with `python fetch_teachers.py {model_name} --verify`)')
@@ -399,11 +416,15 @@ class _Fetcher:
 
     # -- one teacher -----------------------------------------------------------------
     def expected(self, name):
-        spec = self.registry[name]
-        if spec.get('sha256'):
-            return spec['sha256'], 'the registry'
+        """(the sha256 the file must have, or a prefix of it; where it is from): the registry's
+        full digest, else the lock file's, else the registry's prefix; (None, None) if none."""
+        registry = self.registry[name].get('sha256')
+        if registry and len(registry) == 64:
+            return registry, 'the registry'
         digest = self.lock.teacher(name)
-        return (digest, f'the lock file {self.lock.path}') if digest else (None, None)
+        if digest:
+            return digest, f'the lock file {self.lock.path}'
+        return (registry, 'the registry (a prefix)') if registry else (None, None)
 
     def fetch(self, name):
         spec = self.registry[name]
@@ -434,13 +455,14 @@ class _Fetcher:
             raise UserError(f'{final} exists but is not a regular file: remove it and run again')
         expected, where = self.expected(name)
         digest = sha256_of(final)
-        if expected:
-            if digest != expected:
-                raise UserError(f'{final} exists but its sha256 {digest} does not match {expected} '
-                                f'from {where}: delete it to download it again')
+        if expected and not digest.startswith(expected):
+            raise UserError(f'{final} exists but its sha256 {digest} does not match {expected} '
+                            f'from {where}: delete it to download it again')
+        if expected and len(expected) == 64:
             self.log(f'{name}: already present at {final}')
             return final
-        # placed by hand (or the lock file was deleted): check it, then remember its hash
+        # placed by hand (or the lock file was deleted; or only a prefix is known): check it,
+        # then remember its hash
         self.verify_arch(name, final)
         self.lock.record('teachers', name, digest, os.path.getsize(final), 'local file')
         self.log(f'{name}: found {final}; recorded its sha256 in {self.lock.path}')
@@ -448,14 +470,16 @@ class _Fetcher:
 
     def verify_arch(self, name, path):
         from helper.checkpoint import load_teacher
-        arch = self.registry[name]['arch']
-        load_teacher(arch, path, role=None if arch == name else f'teacher {name}')
+        import dataset
+        spec = self.registry[name]
+        num_classes = dataset.spec(teacher_dataset(spec)).num_classes
+        load_teacher(spec['arch'], path, num_classes, role=None if spec['arch'] == name else f'teacher {name}')
 
     def install(self, name, tmp, final, url):
         """Hash-check and architecture-check ``tmp``, then rename it to ``final``."""
         digest = sha256_of(tmp)
         expected, where = self.expected(name)
-        if expected and digest != expected:
+        if expected and not digest.startswith(expected):
             _remove(tmp)
             raise _SourceFailed(f'{url} (sha256 {digest} does not match {expected} from {where}; '
                                 f'if the upstream file legitimately changed, remove its entry from '
@@ -544,9 +568,10 @@ class _Fetcher:
                 self.log(f'keeping {archive} for the teachers not fetched yet')
 
 
-def fetch_teachers(names=None, dest=DEFAULT_DEST, mirror=None, registry=None, *, timeout=30.0,
+def fetch_teachers(names=None, dest=None, mirror=None, registry=None, *, timeout=30.0,
                    retries=3, backoff=1.0, progress=True, log=print):
-    """Install the teachers ``names`` (all when None) at ``<dest>/<NAME>_vanilla.pth``.
+    """Install the teachers ``names`` (all when None) at ``<dest>/<NAME>_vanilla.pth``; ``dest``
+    None: each in ``save/teacher_model/<its data set>``.
 
     ``mirror`` (default: ``$ASKD_TEACHER_MIRROR``) replaces every source's base URL.
     Returns ``{name: path}``.  Every failure is a one-line UserError.
@@ -559,20 +584,24 @@ def fetch_teachers(names=None, dest=DEFAULT_DEST, mirror=None, registry=None, *,
     if mirror is None:
         mirror = os.environ.get(MIRROR_ENV) or None
     mirror = _normalize_mirror(mirror)
-    try:
-        os.makedirs(dest, exist_ok=True)
-    except OSError as e:
-        raise UserError(f'cannot create the teacher folder {dest}: {e.strerror or e}') from None
-    fetcher = _Fetcher(dest, registry, mirror, timeout, retries, backoff, progress, log)
+    fetchers = {}   # destination folder -> its fetcher (its own lock file)
     done, failed = {}, []
     try:
         for name in names:
+            folder = dest or default_dest(teacher_dataset(registry[name]))
+            if folder not in fetchers:
+                try:
+                    os.makedirs(folder, exist_ok=True)
+                except OSError as e:
+                    raise UserError(f'cannot create the teacher folder {folder}: {e.strerror or e}') from None
+                fetchers[folder] = _Fetcher(folder, registry, mirror, timeout, retries, backoff, progress, log)
             try:
-                done[name] = fetcher.fetch(name)
+                done[name] = fetchers[folder].fetch(name)
             except UserError as e:
                 failed.append((name, str(e)))
     finally:
-        fetcher.cleanup_archives()
+        for fetcher in fetchers.values():
+            fetcher.cleanup_archives()
     if len(failed) == 1:
         raise UserError(failed[0][1])
     if failed:

@@ -20,6 +20,7 @@ from models import model_dict
 
 FAST = dict(timeout=5.0, retries=2, backoff=0.01, progress=False)
 NAMES = ['resnet56', 'resnet110', 'resnet32x4', 'wrn_40_2', 'vgg13', 'ResNet50']
+IMAGENET = {'resnet34_imagenet': 'ResNet34_Weights', 'resnet50_imagenet': 'ResNet50_Weights'}  # torchvision's
 
 
 # ----------------------------------------------------------------------------- test server
@@ -170,11 +171,11 @@ def listing(folder):
 
 def test_registry_is_the_papers():
     reg = T.load_registry()
-    assert list(reg) == NAMES
-    tops = {n: reg[n]['top1'] for n in reg}
+    assert list(reg) == NAMES + list(IMAGENET)
+    tops = {n: reg[n]['top1'] for n in NAMES}
     assert tops == {'resnet56': 72.34, 'resnet110': 74.31, 'resnet32x4': 79.42,
                     'wrn_40_2': 75.61, 'vgg13': 74.64, 'ResNet50': 79.34}
-    for n, spec in reg.items():
+    for n, spec in ((n, reg[n]) for n in NAMES):
         assert spec['arch'] == n and n in model_dict and spec['sha256'] is None
         urls = [T.source_url(s) for s in spec['sources']]
         assert urls == ['https://github.com/megvii-research/mdistiller/releases/download/'
@@ -536,3 +537,71 @@ def test_cli_verify(tmp_path, monkeypatch, capsys):
     reg['resnet56']['top1'] = 0.0
     assert cli.main(args) == 0
     assert ' ok' in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- torchvision's ImageNet teachers
+
+def test_imagenet_teachers_are_torchvisions():
+    import torchvision
+    reg = T.load_registry()
+    for name, enum in IMAGENET.items():
+        weights = getattr(torchvision.models, enum).IMAGENET1K_V1
+        spec = reg[name]
+        assert spec['arch'] == name and name in model_dict and spec['dataset'] == 'imagenet'
+        assert spec['top1'] == round(weights.meta['_metrics']['ImageNet-1K']['acc@1'], 2)
+        assert [T.source_url(s) for s in spec['sources']] == [weights.url]
+        # the file name carries the first hex digits of the file's sha256, as torch.hub checks it
+        assert weights.url.endswith(f"-{spec['sha256']}.pth") and len(spec['sha256']) == 8
+    assert (reg['resnet34_imagenet']['top1'], reg['resnet50_imagenet']['top1']) == (73.31, 76.13)
+
+
+def bare_state_dict_bytes():
+    """torchvision's format: a bare state dict (a small architecture of ImageNet's 1000 classes)."""
+    buf = io.BytesIO()
+    torch.save(model_dict['resnet8'](num_classes=1000).state_dict(), buf)
+    return buf.getvalue()
+
+
+def imagenet_registry(digest):
+    """A torchvision-style entry: the file name and the registry carry the digest's prefix."""
+    return {'resnet34_imagenet': {'arch': 'resnet8', 'dataset': 'imagenet', 'top1': 73.31, 'sha256': digest[:8],
+                                  'sources': [{'base': 'https://download.pytorch.org/models/',
+                                               'path': f'resnet34-{digest[:8]}.pth'}]}}
+
+
+def test_torchvision_style_teacher_checks_the_prefix_and_goes_to_the_imagenet_folder(tmp_path, server, monkeypatch):
+    data = bare_state_dict_bytes()
+    reg = imagenet_registry(sha(data))
+    server.files[f'/resnet34-{sha(data)[:8]}.pth'] = data
+    monkeypatch.chdir(tmp_path)
+    paths = T.fetch_teachers(None, mirror=server.base, registry=reg, **FAST)   # dest: the data set's default
+    final = os.path.join('save', 'teacher_model', 'imagenet', 'resnet34_imagenet_vanilla.pth')
+    assert paths == {'resnet34_imagenet': final} and open(final, 'rb').read() == data
+    lock = json.loads((tmp_path / 'save/teacher_model/imagenet/teachers.lock.json').read_text())
+    assert lock['teachers']['resnet34_imagenet']['sha256'] == sha(data)   # the full digest, recorded
+    n = len(server.requests)
+    T.fetch_teachers(None, mirror=server.base, registry=reg, **FAST)
+    assert len(server.requests) == n
+
+
+def test_a_file_that_fails_the_prefix_is_not_installed(tmp_path, server):
+    """The real registry entry: a file whose sha256 does not start with b627a593."""
+    server.files['/resnet34-b627a593.pth'] = bare_state_dict_bytes()
+    dest = tmp_path / 'd'
+    with pytest.raises(UserError) as e:
+        T.fetch_teachers(['resnet34_imagenet'], dest=str(dest), mirror=server.base, **FAST)
+    assert 'b627a593' in str(e.value) and 'registry' in str(e.value) and '\n' not in str(e.value)
+    assert listing(dest) == []
+
+
+def test_imagenet_teacher_placed_by_hand(tmp_path):
+    """A local file at the teacher's place: its prefix and 1000-class architecture are checked."""
+    data = bare_state_dict_bytes()
+    dest = tmp_path / 'd'
+    dest.mkdir()
+    (dest / 'resnet34_imagenet_vanilla.pth').write_bytes(data)
+    T.fetch_teachers(None, dest=str(dest), registry=imagenet_registry(sha(data)), **FAST)
+    assert json.loads((dest / 'teachers.lock.json').read_text())['teachers']['resnet34_imagenet']['sha256'] == sha(data)
+    (dest / 'teachers.lock.json').unlink()
+    with pytest.raises(UserError, match='sha256 .* does not match 00000000 from the registry'):
+        T.fetch_teachers(None, dest=str(dest), registry=imagenet_registry('0' * 64), **FAST)
