@@ -44,12 +44,16 @@ def verify(paths, registry, data_dir, batch_size, device=None, log=print):
     """Evaluate each installed teacher; returns the names that fall short."""
     import torch
 
-    from dataset import build_test_loader
+    from dataset import build_test_loader, prepare_data
+    from helper.config import get_cfg_defaults
     from helper.checkpoint import load_teacher
     from helper.trainer import evaluate
 
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    loader = build_test_loader(data_dir, batch_size, num_workers=0, download=True)
+    cfg = get_cfg_defaults()
+    cfg.dataset, cfg.data_dir = 'cifar100', data_dir
+    prepare_data(cfg)   # downloads CIFAR-100 when missing
+    loader = build_test_loader(cfg, batch_size)
     bad = []
     for name, path in paths.items():
         arch = registry[name]['arch']

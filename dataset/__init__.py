@@ -1,25 +1,23 @@
 """Data sources of a run: the train and test sets of the config's data set, and their loaders.
 
-Every training item is (image, target, index). The order of epoch e is a permutation drawn
-from (seed, e) alone, so a resumed run sees the same batches, and each DDP rank takes its own
-shard of that permutation.
+The data sets (cifar100, cifar10, tiny_imagenet, imagenet, synthetic) are described in one
+registry (dataset/registry.py): `spec(name)`. Every training item is (image, target, index).
+The order of epoch e is a permutation drawn from (seed, e) alone, so a resumed run sees the
+same batches, and each DDP rank takes its own shard of that permutation.
 """
 import math
 import zlib
 
 import torch
 
-from .cifar100 import IndexedImages, ensure_cifar100, read_split, test_transform, train_transform
-from .synthetic import write_synthetic_cifar100
+from .cifar100 import read_split  # noqa: F401  (CIFAR-100's reader: images, labels)
+from .images import IndexedImages
+from .registry import NAMES, DataSpec, data_root, spec  # noqa: F401
 
 
 def prepare_data(cfg):
-    """Make sure the config's data set is on disk in CIFAR-100 format under data_dir."""
-    if cfg.dataset == "synthetic":
-        write_synthetic_cifar100(cfg.data_dir, cfg.synthetic_train_size, cfg.synthetic_test_size,
-                                 seed=cfg.synthetic_seed, noise=cfg.synthetic_noise)
-    else:
-        ensure_cifar100(cfg.data_dir, cfg.download)
+    """Make sure the config's data set is on disk: downloaded, generated or checked."""
+    spec(cfg.dataset).prepare(cfg, data_root(cfg))
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -52,20 +50,17 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def build_train_loader(cfg, rank=0, world_size=1):
-    images, targets = read_split(cfg.data_dir, "train")
-    data = IndexedImages(images, targets, train_transform())
-    per_rank = cfg.batch_size // world_size
+    data_set = spec(cfg.dataset)
+    data = IndexedImages(data_set.read(data_root(cfg), "train"), data_set.train_transform())
     sampler = EpochSampler(len(data), cfg.seed, rank, world_size)
     return torch.utils.data.DataLoader(
-        data, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers,
+        data, batch_size=cfg.batch_size // world_size, sampler=sampler, num_workers=cfg.num_workers,
         pin_memory=torch.cuda.is_available())
 
 
-def build_test_loader(data_dir, batch_size=256, num_workers=0, download=True):
-    ensure_cifar100(data_dir, download)
-    images, targets = read_split(data_dir, "test")
-    data = IndexedImages(images, targets, test_transform())
-    return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False,
-                                       num_workers=num_workers,
+def build_test_loader(cfg, batch_size=256, num_workers=0):
+    """The test split of cfg's data set, in order; the data must be there (prepare_data)."""
+    data_set = spec(cfg.dataset)
+    data = IndexedImages(data_set.read(data_root(cfg), "test"), data_set.test_transform())
+    return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                        pin_memory=torch.cuda.is_available())
-

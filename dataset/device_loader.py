@@ -1,30 +1,32 @@
 """The fast path's data (`fast: true`): the whole split on the training device, augmented in batches.
 
 `DeviceLoader` stands in for the plain torch DataLoader in the loop: iterating yields
-(image float32 B x 3 x 32 x 32 normalised, target int64, index int64), all on the device;
+(image float32 B x 3 x S x S normalised, target int64, index int64), all on the device;
 `len()` is the number of batches, `.sampler` is the EpochSampler (`set_epoch` works) and
-`.dataset.targets` the numpy labels.
+`.dataset.targets` the numpy labels. S and the crop padding P are the data set's: 32 and 4 for
+the CIFAR sets, 64 and 8 for Tiny-ImageNet (figures below for CIFAR). ImageNet's fast path
+decodes JPEG files on the GPU instead (dataset/gpu_jpeg.py).
 
-The split is ONE uint8 tensor N x 3 x 32 x 32 on the device (CIFAR-100's 50000 training images:
-154 MB). A training batch is gathered by the sampler's indices, then RandomCrop(32, padding=4)
-and RandomHorizontalFlip are applied to the whole batch at once, with torchvision's
-distribution: each of the 81 offsets (0..8 x 0..8 in the zero-padded 40 x 40 image) and each
-flip equally likely, independently per image. The zero padding is the uint8 value 0 BEFORE
-normalisation, as torchvision pads the PIL image. Crop and flip are one gather: the batch is
-written into the centre of a zeroed (2B, 3, 40, 40) buffer, images 0..B-1 as they are and
-B..2B-1 mirrored; an `as_strided` view whose first index is an element offset into that buffer
-(stride 1) then turns every crop into a single row of `index_select` (a flipped crop at column
-offset dx is the mirrored image's crop at 8 - dx). Normalisation is ToTensor's and Normalize's
-arithmetic, op for op (x / 255, - mean, / std), so a crop equals torchvision's bit for bit on
-the CPU (on CUDA PyTorch divides by a scalar as a multiplication by its reciprocal: within an
-ulp).
+The split is ONE uint8 tensor N x 3 x S x S on the device (CIFAR-100's 50000 training images:
+154 MB; Tiny-ImageNet's 100000: 1.2 GB). A training batch is gathered by the sampler's indices,
+then RandomCrop(S, padding=P) and RandomHorizontalFlip are applied to the whole batch at once,
+with torchvision's distribution: each of the (2P + 1)^2 offsets (81 for CIFAR: 0..8 x 0..8 in
+the zero-padded 40 x 40 image) and each flip equally likely, independently per image. The zero
+padding is the uint8 value 0 BEFORE normalisation, as torchvision pads the PIL image. Crop and
+flip are one gather: the batch is written into the centre of a zeroed (2B, 3, 40, 40) buffer,
+images 0..B-1 as they are and B..2B-1 mirrored; an `as_strided` view whose first index is an
+element offset into that buffer (stride 1) then turns every crop into a single row of
+`index_select` (a flipped crop at column offset dx is the mirrored image's crop at 8 - dx).
+Normalisation is ToTensor's and Normalize's arithmetic, op for op (x / 255, - mean, / std), so
+a crop equals torchvision's bit for bit on the CPU (on CUDA PyTorch divides by a scalar as a
+multiplication by its reciprocal: within an ulp).
 
 On the CPU the batches are made with one intra-op thread (restored before each batch is
 yielded): the ops are small, and parallel regions only add synchronisation, which on a shared,
 loaded machine costs a time slice per op.
 
 The random draws come from torch's global RNG on the loader's device, one `randint` over the
-162 (offset, flip) combinations for the whole epoch, when iteration starts: the loop's
+2 (2P + 1)^2 (offset, flip) combinations (162 for CIFAR) for the whole epoch, when iteration starts: the loop's
 per-epoch re-seeding makes the augmentation reproducible, independent of what the model draws.
 
 Eval loaders (`train=False`) only normalise, keep the last partial batch, and visit the images
@@ -39,63 +41,71 @@ import torch
 
 from common.errors import UserError
 
-from .cifar100 import MEAN, STD, read_split
+from .cifar100 import MEAN, STD
+from .registry import data_root, spec
 
-PAD = 4
-SIZE = 32
-PADDED = SIZE + 2 * PAD                # 40
-OFFSETS = PADDED - SIZE + 1            # 9 offsets per axis
-COMBOS = OFFSETS * OFFSETS * 2         # 162 (dy, dx, flip) combinations
+PAD = 4                                # the CIFAR sets' crop padding (Tiny-ImageNet: 8)
 IGNORE_TARGET = -100                   # F.cross_entropy's default ignore_index
 
 
-def draw_augmentation(n, device):
-    """(dy, dx, flip) for n images from the global RNG of `device`: dy, dx int64 in 0..8 (the
-    crop's top-left corner in the zero-padded 40 x 40 image), flip bool; all 162 combinations
-    equally likely, as torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip()."""
-    r = torch.randint(0, COMBOS, (n,), device=device)
-    return r // (2 * OFFSETS), (r // 2) % OFFSETS, (r % 2).bool()
+def combinations(pad):
+    """Number of (dy, dx, flip) combinations of RandomCrop(padding=pad) + flip: 162 for pad 4."""
+    return (2 * pad + 1) ** 2 * 2
+
+
+COMBOS = combinations(PAD)
+
+
+def draw_augmentation(n, device, pad=PAD):
+    """(dy, dx, flip) for n images from the global RNG of `device`: dy, dx int64 in 0..2 pad (the
+    crop's top-left corner in the zero-padded image), flip bool; all combinations equally
+    likely, as torchvision's RandomCrop(size, padding=pad) + RandomHorizontalFlip()."""
+    offsets = 2 * pad + 1
+    r = torch.randint(0, combinations(pad), (n,), device=device)
+    return r // (2 * offsets), (r // 2) % offsets, (r % 2).bool()
 
 
 class CropFlip:
-    """Batched RandomCrop(32, padding=4) + horizontal flip of uint8 N x 3 x 32 x 32 images at
+    """Batched RandomCrop(S, padding=pad) + horizontal flip of uint8 N x C x S x S images at
     given offsets; keeps its zero-bordered work buffer between calls (borders are never written)."""
 
-    def __init__(self):
-        self.buffer = None
+    def __init__(self, pad=PAD):
+        self.pad, self.buffer = pad, None
 
     def _buffer(self, n, like):
+        shape = (like.shape[1], like.shape[2] + 2 * self.pad, like.shape[3] + 2 * self.pad)
         if (self.buffer is None or self.buffer.shape[0] < 2 * n or self.buffer.device != like.device
-                or self.buffer.shape[1] != like.shape[1]):
-            self.buffer = torch.zeros(2 * n, like.shape[1], PADDED, PADDED, dtype=torch.uint8,
-                                      device=like.device)
+                or self.buffer.shape[1:] != shape):
+            self.buffer = torch.zeros((2 * n,) + shape, dtype=torch.uint8, device=like.device)
         return self.buffer[:2 * n]
 
     def __call__(self, images, dy, dx, flip):
-        n, c = images.shape[0], images.shape[1]
-        if images.dtype != torch.uint8 or images.shape[2:] != (SIZE, SIZE):
-            raise ValueError(f"expected uint8 images N x C x {SIZE} x {SIZE}, got {images.dtype} "
+        n, c, size = images.shape[0], images.shape[1], images.shape[-1]
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[2] != size:
+            raise ValueError(f"expected square uint8 images N x C x S x S, got {images.dtype} "
                              f"{tuple(images.shape)}")
         if n == 0:
             return images.clone()
+        pad = self.pad
+        padded = size + 2 * pad
         buf = self._buffer(n, images)
-        buf[:n, :, PAD:PAD + SIZE, PAD:PAD + SIZE] = images
-        buf[n:, :, PAD:PAD + SIZE, PAD:PAD + SIZE] = images.flip(-1)
-        image_size = c * PADDED * PADDED
-        span = (c - 1) * PADDED * PADDED + (SIZE - 1) * PADDED + SIZE   # elements one crop spans
+        buf[:n, :, pad:pad + size, pad:pad + size] = images
+        buf[n:, :, pad:pad + size, pad:pad + size] = images.flip(-1)
+        image_size = c * padded * padded
+        span = (c - 1) * padded * padded + (size - 1) * padded + size   # elements one crop spans
         # crop k of the view starts at element k of buf: (channel, row, column) strides of buf
-        crops = buf.as_strided((buf.numel() - span + 1, c, SIZE, SIZE),
-                               (1, PADDED * PADDED, PADDED, 1))
+        crops = buf.as_strided((buf.numel() - span + 1, c, size, size),
+                               (1, padded * padded, padded, 1))
         which = torch.arange(n, device=images.device) + n * flip.long()
-        column = torch.where(flip, (OFFSETS - 1) - dx, dx)
-        start = which * image_size + dy * PADDED + column
+        column = torch.where(flip, 2 * pad - dx, dx)
+        start = which * image_size + dy * padded + column
         return crops.index_select(0, start)
 
 
-def crop_flip(images, dy, dx, flip):
-    """uint8 images cropped at (dy, dx) of their zero-padded 40 x 40 version, then mirrored
-    where `flip`: torchvision's pad(4) -> crop(dy, dx, 32, 32) -> hflip, for a whole batch."""
-    return CropFlip()(images, dy, dx, flip)
+def crop_flip(images, dy, dx, flip, pad=PAD):
+    """uint8 images cropped at (dy, dx) of their zero-padded version, then mirrored where `flip`:
+    torchvision's pad(pad) -> crop(dy, dx, S, S) -> hflip, for a whole batch."""
+    return CropFlip(pad)(images, dy, dx, flip)
 
 
 class Normalize:
@@ -110,8 +120,8 @@ class Normalize:
         return torch.div(images, 255).sub_(self.mean).div_(self.std)
 
 
-def normalize(images):
-    return Normalize(images.device)(images)
+def normalize(images, mean=MEAN, std=STD):
+    return Normalize(images.device, mean, std)(images)
 
 
 class DeviceData:
@@ -127,18 +137,19 @@ class DeviceData:
 class DeviceLoader:
     """A DataLoader-like iterator over a split held on `device` (see the module docstring).
 
-    images: uint8 numpy N x 32 x 32 x 3 (read_split's layout); targets: numpy int labels (N);
+    images: uint8 numpy N x S x S x 3 (read_split's layout); targets: numpy int labels (N);
     sampler: yields this rank's indices of the epoch (EpochSampler), None: 0..N-1 in order;
-    train: random crop + flip; drop_last: drop the last partial batch; pad_last: pad it instead
-    (index -1, target -100); memory_format: of the yielded images (torch.channels_last or
-    torch.contiguous_format)."""
+    train: random crop (padding `pad`) + flip; drop_last: drop the last partial batch; pad_last:
+    pad it instead (index -1, target -100); memory_format: of the yielded images
+    (torch.channels_last or torch.contiguous_format); mean, std: of the normalisation."""
 
     def __init__(self, images, targets, batch_size, device, sampler=None, train=True, drop_last=True,
-                 pad_last=False, memory_format=torch.contiguous_format):
+                 pad_last=False, memory_format=torch.contiguous_format, pad=PAD, mean=MEAN, std=STD):
         images = np.asarray(images)
         targets = np.asarray(targets)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (SIZE, SIZE, 3):
-            raise ValueError(f"expected uint8 images N x {SIZE} x {SIZE} x 3, got {images.dtype} {images.shape}")
+        if (images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3
+                or images.shape[1] != images.shape[2]):
+            raise ValueError(f"expected uint8 images N x S x S x 3, got {images.dtype} {images.shape}")
         if len(targets) != len(images):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         if batch_size < 1:
@@ -147,12 +158,12 @@ class DeviceLoader:
         self.batch_size, self.sampler, self.train = int(batch_size), sampler, bool(train)
         self.drop_last, self.pad_last, self.memory_format = bool(drop_last), bool(pad_last), memory_format
         hwc = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        self.images = hwc.permute(0, 3, 1, 2).contiguous()              # ONE uint8 N x 3 x 32 x 32
+        self.images = hwc.permute(0, 3, 1, 2).contiguous()              # ONE uint8 N x 3 x S x S
         del hwc
         self.targets = torch.as_tensor(targets, dtype=torch.long).to(self.device)
         self.dataset = DeviceData(self.images, targets)
-        self.normalize = Normalize(self.device)
-        self.crop_flip = CropFlip()
+        self.normalize = Normalize(self.device, mean, std)
+        self.pad, self.crop_flip = pad, CropFlip(pad)
 
     def __len__(self):
         n = len(self.sampler) if self.sampler is not None else len(self.targets)
@@ -185,7 +196,7 @@ class DeviceLoader:
             batches = len(self)
             total = min(len(order), batches * self.batch_size)
             if self.train:
-                dy, dx, flip = draw_augmentation(total, self.device)
+                dy, dx, flip = draw_augmentation(total, self.device, self.pad)
         for b in range(batches):
             lo, hi = b * self.batch_size, min(total, (b + 1) * self.batch_size)
             with self._one_thread():
@@ -215,22 +226,32 @@ class DeviceLoader:
 
 
 def build_fast_loaders(cfg, device, rank=0, world_size=1, test_batch_size=256):
-    """(train DeviceLoader, test DeviceLoader) of cfg.data_dir on `device`. The train loader takes
-    this rank's shard of EpochSampler(N, cfg.seed, rank, world_size) in batches of
+    """(train loader, test loader) of cfg's data set on `device`. The train loader takes this
+    rank's shard of EpochSampler(N, cfg.seed, rank, world_size) in batches of
     cfg.batch_size // world_size and drops the last partial batch; the test loader keeps every
-    image, in order, in batches of `test_batch_size` (as the plain path's test loader)."""
+    image, in order, in batches of `test_batch_size` (as the plain path's test loader).
+    DeviceLoaders for the sets held on the device; ImageNet's JPEG files are decoded on the GPU."""
     from . import EpochSampler
 
     per_rank = cfg.batch_size // world_size
     if per_rank < 1:
         raise UserError(f"batch_size {cfg.batch_size} is smaller than the {world_size} processes: "
                         f"set batch_size {world_size} or more")
+    data_set, root = spec(cfg.dataset), data_root(cfg)
     memory_format = torch.channels_last if cfg.get("channels_last", False) else torch.contiguous_format
-    images, targets = read_split(cfg.data_dir, "train")
-    sampler = EpochSampler(len(images), cfg.seed, rank, world_size)
-    train = DeviceLoader(images, targets, per_rank, device, sampler, train=True, drop_last=True,
-                         memory_format=memory_format)
-    images, targets = read_split(cfg.data_dir, "test")
-    test = DeviceLoader(images, targets, test_batch_size, device, None, train=False, drop_last=False,
-                        memory_format=memory_format)
-    return train, test
+    train_split, test_split = data_set.read(root, "train"), data_set.read(root, "test")
+    sampler = EpochSampler(len(train_split), cfg.seed, rank, world_size)
+    if not data_set.pad:
+        from .gpu_jpeg import JpegLoader
+        return (JpegLoader(train_split, per_rank, device, sampler, train=True, memory_format=memory_format),
+                JpegLoader(test_split, test_batch_size, device, None, train=False, memory_format=memory_format))
+    loaders = []
+    for split, batch_size, train in ((train_split, per_rank, True), (test_split, test_batch_size, False)):
+        images = split.array()
+        if images.shape[1:3] != (data_set.image_size, data_set.image_size):
+            raise UserError(f"{cfg.dataset} images are {images.shape[2]}x{images.shape[1]}, expected "
+                            f"{data_set.image_size}x{data_set.image_size}")
+        loaders.append(DeviceLoader(images, split.targets, batch_size, device, sampler if train else None,
+                                    train=train, drop_last=train, memory_format=memory_format,
+                                    pad=data_set.pad, mean=data_set.mean, std=data_set.std))
+    return tuple(loaders)

@@ -66,3 +66,8 @@ def write_synthetic_cifar100(root, train_size, test_size, seed=0, noise=1.0):
             "coarse_label_names": [f"superclass_{i}" for i in range(NUM_CLASSES // 5)]}
     write_atomic(split_path(root, "meta"), pickle.dumps(meta, protocol=2), "the synthetic data set")
     write_atomic(stamp, json.dumps(params).encode(), "the synthetic data set")  # last: marks it complete
+
+
+def prepare(cfg, root):
+    write_synthetic_cifar100(root, cfg.synthetic_train_size, cfg.synthetic_test_size,
+                             seed=cfg.synthetic_seed, noise=cfg.synthetic_noise)

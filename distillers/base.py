@@ -42,11 +42,13 @@ class Distiller(nn.Module):
     @staticmethod
     @torch.no_grad()
     def probe_feats(model, batch=2):
-        """Feature list of a dry forward pass in eval mode (BN statistics untouched): shapes only."""
+        """Feature list of a dry forward pass in eval mode (BN statistics untouched): shapes only.
+        The input is square, of the model's `input_size` (set from the data set; 32 if unset)."""
         param = next(model.parameters())
         was_training = model.training
         model.eval()
-        feats, _ = model(torch.zeros(batch, 3, 32, 32, dtype=param.dtype, device=param.device),
+        size = getattr(model, "input_size", 32)
+        feats, _ = model(torch.zeros(batch, 3, size, size, dtype=param.dtype, device=param.device),
                          is_feat=True)
         model.train(was_training)
         return feats

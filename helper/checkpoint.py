@@ -223,11 +223,14 @@ def load_weights(model, state_dict, model_name, path, role=None):
         model.load_state_dict(state_dict, strict=False)
         return model
 
-    num_classes = None
-    fc = [v for k, v in model.state_dict().items() if v.dim() == 2]
-    if fc:
-        num_classes = fc[-1].shape[0]
     suffix = f' ({role})' if role else ''
+    classifier = [k for k, v in model.state_dict().items() if v.dim() == 2][-1:]
+    num_classes = model.state_dict()[classifier[0]].shape[0] if classifier else None
+    if shapes and not missing_real and not unexpected and classifier and \
+            {k for k, _, _ in shapes} <= {classifier[0], classifier[0][:-len('weight')] + 'bias'}:
+        k, got, _ = shapes[0]
+        raise UserError(f'{path} holds a {model_name}{suffix} of {got[0]} classes ({k} is {list(got)}), '
+                        f'but the data set has {num_classes}: use a checkpoint trained on this data set')
     exact, same_keys = identify_architecture(state_dict, num_classes or 100)
     if model_name in exact:   # e.g. only a stray extra buffer; be explicit anyway
         exact = [n for n in exact if n != model_name]

@@ -15,6 +15,7 @@ import yaml
 from yacs.config import CfgNode
 
 from common.errors import UserError
+from dataset.registry import NAMES as DATASETS
 
 # (key, default, one-line meaning). The order is the order of `config.yaml` and of the README.
 KEYS = [
@@ -30,8 +31,9 @@ KEYS = [
     ("lr_decay_rate", 0.1, "step-decay factor"),
     ("weight_decay", 5e-4, "SGD weight decay"),
     ("momentum", 0.9, "SGD momentum"),
-    ("dataset", "cifar100", "cifar100 (downloaded when missing) or synthetic (generated)"),
-    ("data_dir", "./data/cifar100", "folder holding cifar-100-python/"),
+    ("dataset", "cifar100", "cifar100, cifar10 (downloaded when missing), tiny_imagenet, imagenet (put in "
+                            "data_dir) or synthetic (generated): README, Data sets"),
+    ("data_dir", "", "folder of the data set's files; empty: ./data/<dataset>"),
     ("save_folder", "", "run folder; empty: ./save/<teacher_model|student_model>/<derived name>"),
     # -- the paper's keys: models and method
     ("model", "", "architecture trained by train_teacher.py (a name of models.model_dict)"),
@@ -65,7 +67,7 @@ KEYS = [
     ("seed", 0, "seed of every RNG (weights, data order, augmentation, CRD sampling)"),
     ("device", "auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"),
     ("resume", False, "continue from latest.pth of the run folder (also automatic when the config matches)"),
-    ("download", True, "download CIFAR-100 when missing from data_dir"),
+    ("download", True, "download CIFAR-100 / CIFAR-10 when missing from data_dir"),
     ("synthetic_train_size", 5000, "dataset synthetic: training images"),
     ("synthetic_test_size", 1000, "dataset synthetic: test images"),
     ("synthetic_noise", 1.0, "dataset synthetic: noise level (higher is harder)"),
@@ -82,7 +84,7 @@ KEYS = [
 DOC = {key: doc for key, _, doc in KEYS}
 DEFAULTS = {key: default for key, default, _ in KEYS}
 CHOICES = {
-    "dataset": ("cifar100", "synthetic"),
+    "dataset": DATASETS,
     "mode": ("exact", "relax"),
     "group": ("res_last", "res_group", "target"),
     "amp": ("off", "bf16", "fp16"),

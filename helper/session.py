@@ -40,6 +40,7 @@ class Session:
             raise UserError(f"cuda_graph needs one process on a CUDA device; this run has "
                             f"{ctx.world_size} process(es) on {self.device.type}: set cuda_graph false")
         self.run = RunFolder(cfg, script, write=ctx.is_main)
+        self.spec = dataset.spec(cfg.dataset)
         if script == "student" and not os.path.exists(cfg.path_t):  # before any download
             raise UserError(f"teacher checkpoint {cfg.path_t} not found: python fetch_teachers.py {cfg.model_t} "
                             f"downloads the paper's, or set path_t")
@@ -51,8 +52,7 @@ class Session:
             self.train_loader, self.test_loader = build_fast_loaders(cfg, self.device, ctx.rank, ctx.world_size)
         else:
             self.train_loader = dataset.build_train_loader(cfg, ctx.rank, ctx.world_size)
-            self.test_loader = dataset.build_test_loader(cfg.data_dir, batch_size=256,
-                                                         num_workers=cfg.num_workers, download=False)
+            self.test_loader = dataset.build_test_loader(cfg, batch_size=256, num_workers=cfg.num_workers)
         self.logger, self.early_lines = None, []
         for note in self.run.notes:
             self.log(note)
@@ -81,14 +81,16 @@ class Session:
 
     def build_model(self, name):
         seed_everything(self.cfg.seed, "weights", name)
-        model = model_dict[name](num_classes=100)
+        model = model_dict[name](num_classes=self.spec.num_classes)
         if self.cfg.sync_bn and self.ctx.enabled and self.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return self.place(model)
 
     def place(self, model):
         """`model` on the run's device, in its memory format, compiled when asked (in place:
-        the state_dict keys stay those of the zoo). Student and teacher alike."""
+        the state_dict keys stay those of the zoo), told the data set's image size (its
+        `input_size`: the dry forward passes that size features use it). Student and teacher alike."""
+        model.input_size = self.spec.image_size
         model = model.to(self.device)
         if self.cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)

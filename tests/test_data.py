@@ -14,8 +14,10 @@ import torch
 import dataset
 from dataset import cifar100
 from dataset.cifar100 import read_split
+from dataset.images import ImageArray, IndexedImages
 from dataset.synthetic import write_synthetic_cifar100
 from common.errors import UserError
+from helper.config import get_cfg_defaults
 
 
 def test_synthetic_files_have_cifar100_format(synthetic_dir):
@@ -80,15 +82,17 @@ def _serve(folder):
 def test_download_through_http(tmp_path, synthetic_dir, monkeypatch):
     served = tmp_path / "served"
     served.mkdir()
-    archive = served / cifar100.ARCHIVE
+    archive = served / cifar100.FILES.archive
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(os.path.join(synthetic_dir, "cifar-100-python"), arcname="cifar-100-python")
     server = _serve(served)
     try:
-        monkeypatch.setattr(cifar100, "URL", f"http://127.0.0.1:{server.server_port}/{cifar100.ARCHIVE}")
-        monkeypatch.setattr(cifar100, "ARCHIVE_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
-        root = tmp_path / "data"
-        loader = dataset.build_test_loader(str(root), batch_size=50)
+        monkeypatch.setattr(cifar100.FILES, "url", f"http://127.0.0.1:{server.server_port}/{cifar100.FILES.archive}")
+        monkeypatch.setattr(cifar100.FILES, "archive_md5", hashlib.md5(archive.read_bytes()).hexdigest())
+        cfg = get_cfg_defaults()
+        cfg.data_dir = str(tmp_path / "data")
+        dataset.prepare_data(cfg)
+        loader = dataset.build_test_loader(cfg, batch_size=50)
         image, target, index = next(iter(loader))
         assert image.shape == (50, 3, 32, 32) and index.tolist() == list(range(50))
     finally:
@@ -96,7 +100,7 @@ def test_download_through_http(tmp_path, synthetic_dir, monkeypatch):
 
 
 def test_failed_download_says_where_to_put_the_archive(tmp_path, monkeypatch):
-    monkeypatch.setattr(cifar100, "URL", "http://127.0.0.1:9/cifar-100-python.tar.gz")
+    monkeypatch.setattr(cifar100.FILES, "url", "http://127.0.0.1:9/cifar-100-python.tar.gz")
     with pytest.raises(UserError) as err:
         cifar100.ensure_cifar100(str(tmp_path), download=True)
     assert "127.0.0.1:9" in str(err.value) and "cifar-100-python.tar.gz" in str(err.value)
@@ -121,6 +125,6 @@ def test_epoch_sampler_orders_and_shards():
 
 def test_train_items_carry_indices(synthetic_dir):
     images, targets = read_split(synthetic_dir, "train")
-    data = cifar100.IndexedImages(images, targets, cifar100.train_transform())
+    data = IndexedImages(ImageArray(images, targets), cifar100.train_transform())
     image, target, index = data[7]
     assert image.shape == (3, 32, 32) and target == targets[7] and index == 7

@@ -1,5 +1,6 @@
 """DDP on the CPU with gloo: 2 ranks end bit-identical, a 2-rank run equals a 1-process run over
 the same global batches, and torchrun itself launches the scripts."""
+import dataclasses
 import os
 import socket
 import subprocess
@@ -49,7 +50,8 @@ def _worker(rank, world_size, port, cfg_path, out_dir, toy, script):
     from helper import trainer
     if toy:
         models.model_dict["toy"] = Toy
-        dataset.train_transform = dataset.cifar100.test_transform  # augmentation off
+        synthetic = dataset.registry.SPECS["synthetic"]                  # augmentation off
+        dataset.registry.SPECS["synthetic"] = dataclasses.replace(synthetic, train_transform=synthetic.test_transform)
     fit = trainer.Trainer.fit
 
     def fit_and_save(self, *args):

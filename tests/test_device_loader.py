@@ -151,7 +151,9 @@ def test_loader_applies_its_global_rng_draws(random_images):
 
 
 def test_eval_batches_equal_the_plain_test_loader(synthetic_dir):
-    plain = dataset.build_test_loader(synthetic_dir, batch_size=64, num_workers=0, download=False)
+    cfg = get_cfg_defaults()
+    cfg.data_dir = synthetic_dir
+    plain = dataset.build_test_loader(cfg, batch_size=64, num_workers=0)
     images, targets = read_split(synthetic_dir, "test")
     fast = DeviceLoader(images, targets, 64, "cpu", None, train=False, drop_last=False)
     assert len(fast) == len(plain) == 4                     # 200 images: 64, 64, 64, 8

@@ -1,0 +1,62 @@
+"""The data sets by name: everything the rest of the code needs to know of one.
+
+    spec = dataset.spec("tiny_imagenet")
+    spec.num_classes, spec.image_size, spec.mean, spec.std, spec.default_dir
+    spec.prepare(cfg, root)           download (CIFAR), generate (synthetic) or check; UserError if impossible
+    spec.read(root, "train"|"test")   an ImageArray / ImageFiles (dataset/images.py)
+    spec.train_transform(), spec.test_transform()   PIL image -> normalised float tensor
+
+`root` is `data_root(cfg)`: cfg.data_dir, or the spec's default_dir when data_dir is empty.
+`pad` is the padding of the fast path's batched RandomCrop(image_size, padding=pad) for the
+sets held on the device; 0 for ImageNet, whose fast path decodes JPEG files on the GPU.
+"""
+import dataclasses
+from typing import Callable
+
+from common.errors import UserError
+
+from . import cifar10, cifar100, imagenet, synthetic, tiny_imagenet
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    name: str
+    num_classes: int
+    image_size: int            # side of the square training crop: the models' input
+    mean: tuple
+    std: tuple
+    default_dir: str
+    prepare: Callable          # (cfg, root) -> None
+    read: Callable             # (root, split) -> ImageArray | ImageFiles
+    train_transform: Callable  # () -> transform
+    test_transform: Callable
+    pad: int                   # fast path's crop padding; 0: not held on the device
+
+
+def _spec(name, module, default_dir, pad):
+    return DataSpec(name, module.NUM_CLASSES, module.SIZE, module.MEAN, module.STD, default_dir,
+                    module.prepare, module.read, module.train_transform, module.test_transform, pad)
+
+
+_CIFAR100 = _spec("cifar100", cifar100, "./data/cifar100", pad=4)
+SPECS = {spec.name: spec for spec in (
+    _CIFAR100,
+    _spec("cifar10", cifar10, "./data/cifar10", pad=4),
+    _spec("tiny_imagenet", tiny_imagenet, "./data/tiny_imagenet", pad=tiny_imagenet.PAD),
+    _spec("imagenet", imagenet, "./data/imagenet", pad=0),
+    # CIFAR-100's files, reader and transforms; written by the generator instead of downloaded
+    dataclasses.replace(_CIFAR100, name="synthetic", default_dir="./data/synthetic", prepare=synthetic.prepare),
+)}
+NAMES = tuple(SPECS)
+
+
+def spec(name):
+    try:
+        return SPECS[name]
+    except KeyError:
+        raise UserError(f"unknown data set '{name}'; valid: {', '.join(NAMES)}") from None
+
+
+def data_root(cfg):
+    """The folder of cfg's data set: data_dir, or the data set's default_dir when it is empty."""
+    return cfg.data_dir or spec(cfg.dataset).default_dir
