@@ -1,0 +1,107 @@
+"""Scoring a checkpoint on the test split of a data set: top-1, top-5 and mean cross-entropy.
+
+Any checkpoint this project writes (`<model>_best.pth`, `<model>_last.pth`, `ckpt_epoch_N.pth`,
+`latest.pth`), the CRD repository's and mdistiller's released teachers, torchvision's weights
+(a bare state dict): `checkpoint_weights` finds the model's state dict in each.
+
+The config is the defaults <- `cfg_path` (else the run's `config.yaml` beside the checkpoint,
+when there is one) <- KEY VALUE overrides <- `model` / `dataset`. The architecture is `model`,
+else the config's `model` (a teacher run) or `model_s` (a student run), else the one model of
+the zoo whose keys and shapes the weights have. The data set is `dataset` or the config's,
+else the one (non-synthetic) set with as many classes as the checkpoint's classifier.
+"""
+import os
+
+import dataset
+from common.errors import UserError
+from models import model_dict
+
+from .checkpoint import identify_architecture, load_checkpoint, load_weights, model_state_dict
+from .config import get_cfg_defaults, merge, parse_overrides, read_yaml
+from .trainer import evaluate, pick_device
+
+RUN_CONFIG = "config.yaml"
+
+
+def checkpoint_weights(obj, path):
+    """The model's state dict in a loaded checkpoint; `latest.pth` holds it as the distiller's
+    `student.` entries."""
+    if isinstance(obj, dict) and isinstance(obj.get("distiller"), dict):
+        obj = {k[len("student."):]: v for k, v in obj["distiller"].items() if k.startswith("student.")}
+    return model_state_dict(obj, path)
+
+
+def data_config(dataset_name, data_dir="", **keys):
+    """A config that reads the test split of `dataset_name` from `data_dir` (empty: its default)."""
+    cfg = get_cfg_defaults()
+    merge(cfg, [("dataset", dataset_name), ("data_dir", data_dir), *keys.items()], "the arguments")
+    return cfg
+
+
+def score(model, cfg, device, batch_size=256, num_workers=0):
+    """{top1, top5, loss, images} of `model` on the test split of cfg's data set (prepared first:
+    downloaded when the set allows and `download` is on; a UserError when it is missing)."""
+    dataset.prepare_data(cfg)
+    loader = dataset.build_test_loader(cfg, batch_size=batch_size, num_workers=num_workers)
+    return {**evaluate(model.to(device), loader, device), "images": len(loader.dataset)}
+
+
+def run_config(checkpoint, cfg_path=None, overrides=(), model=None, dataset_name=None):
+    """(config, model name or None, whether the data set was given) for `checkpoint`."""
+    cfg = get_cfg_defaults()
+    if cfg_path is None and os.path.isfile(os.path.join(os.path.dirname(checkpoint), RUN_CONFIG)):
+        cfg_path = os.path.join(os.path.dirname(checkpoint), RUN_CONFIG)
+    if cfg_path is not None:
+        merge(cfg, read_yaml(cfg_path).items(), cfg_path)
+    pairs = parse_overrides(list(overrides))
+    merge(cfg, pairs, "the command line")
+    if dataset_name:
+        merge(cfg, [("dataset", dataset_name)], "--dataset")
+    dataset.spec(cfg.dataset)  # an unknown name: one line
+    given = cfg_path is not None or bool(dataset_name) or any(key == "dataset" for key, _ in pairs)
+    return cfg, model or cfg.model or cfg.model_s or None, given
+
+
+def _classes(weights):
+    classifier = [v for v in weights.values() if v.dim() == 2]
+    return classifier[-1].shape[0] if classifier else None
+
+
+def _dataset_of(classes, path):
+    if classes is None:
+        raise UserError(f"{path} holds no classifier to tell the data set by: pass --dataset NAME")
+    matches = [name for name in dataset.NAMES if name != "synthetic" and dataset.spec(name).num_classes == classes]
+    if len(matches) != 1:
+        raise UserError(f"{path} has {classes} classes, which names no single data set: pass --dataset NAME "
+                        f"({', '.join(dataset.NAMES)})")
+    return matches[0]
+
+
+def _architecture(weights, classes, path):
+    exact, _ = identify_architecture(weights, classes)
+    if len(exact) != 1:
+        found = f"it matches {' / '.join(exact)}" if exact else "no model of the zoo has its keys and shapes"
+        raise UserError(f"cannot tell which model {path} holds ({found}): pass --model NAME")
+    return exact[0]
+
+
+def evaluate_checkpoint(checkpoint, cfg_path=None, overrides=(), model=None, dataset_name=None,
+                        batch_size=256, device="auto"):
+    """Load `checkpoint` into its architecture and score it on its data set's test split:
+    {checkpoint, model, dataset, images, top1, top5, loss}. Every bad input is a UserError."""
+    if model is not None and model not in model_dict:
+        raise UserError(f"unknown model '{model}'; valid: {', '.join(model_dict)}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be positive, got {batch_size}")
+    cfg, name, given = run_config(checkpoint, cfg_path, overrides, model, dataset_name)
+    device = pick_device(device)
+    weights = checkpoint_weights(load_checkpoint(checkpoint), checkpoint)
+    if not given:
+        cfg.dataset = _dataset_of(_classes(weights), checkpoint)
+    classes = dataset.spec(cfg.dataset).num_classes
+    name = name or _architecture(weights, classes, checkpoint)
+    if name not in model_dict:
+        raise UserError(f"the config names the model '{name}', which is not in the zoo: pass --model NAME")
+    net = load_weights(model_dict[name](num_classes=classes), weights, name, checkpoint).eval()
+    result = score(net, cfg, device, batch_size, cfg.num_workers)
+    return {"checkpoint": checkpoint, "model": name, "dataset": cfg.dataset, **result}
