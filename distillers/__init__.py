@@ -14,6 +14,7 @@ from .crd import CRD
 from .fitnet import FitNet
 from .fsp import FSP
 from .kd import HKD
+from .reviewkd import ReviewKD
 from .rkd import RKD
 from .sp import SP
 
@@ -25,6 +26,7 @@ METHODS = {
     "similarity": SP, "sp": SP,
     "correlation": CC, "cc": CC,
     "rkd": RKD,
+    "reviewkd": ReviewKD,
     "fsp": FSP,
     "crd": CRD,
     "ASKD": ASKD, "askd": ASKD,

@@ -24,6 +24,7 @@ from .functional import hinton_kd
 class Distiller(nn.Module):
     needs_feats = True  # False: the method only needs logits, so skip is_feat=True
     min_batch = 1       # the smallest batch the losses are defined on (2: they compare samples)
+    teacher_preact = False  # True: the teacher's features are pre-activation (forward(preact=True))
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__()
@@ -62,7 +63,7 @@ class Distiller(nn.Module):
         if self.teacher is None:
             return logits_s, losses
         with torch.no_grad():
-            feats_t, logits_t = self.teacher(image, is_feat=True)
+            feats_t, logits_t = self.teacher(image, is_feat=True, preact=self.teacher_preact)
         if self.alpha:
             losses["kd"] = self.alpha * hinton_kd(logits_s, logits_t, self.kd_T)
         if self.beta:

@@ -242,6 +242,8 @@ def validate(cfg, script):
     if cfg.cuda_graph and cfg.amp == "fp16":
         raise UserError("cuda_graph cannot replay fp16's grad scaler (it reads the GPU every step): "
                         "use amp bf16 or off")
+    if cfg.optimizer == "dot":
+        _check_dot(cfg, script)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise UserError(f"'device' must be auto, cpu, cuda or cuda:N, got '{cfg.device}'")
     model_keys = ("model",) if script == "teacher" else ("model_s", "model_t")
@@ -262,6 +264,22 @@ def validate(cfg, script):
     if trained in LOW_LR_MODELS and cfg.learning_rate != 0.01:
         warnings.warn(f"{trained} is trained at learning_rate 0.01 in the paper's protocol; "
                       f"this run uses {cfg.learning_rate}", stacklevel=2)
+
+
+def _check_dot(cfg, script):
+    """DOT's step is two backward passes and its own update (helper/dot.py): what cannot carry it."""
+    if script == "teacher":
+        raise UserError("optimizer dot splits the task and the distillation gradients, and a teacher "
+                        "has no distillation loss: set optimizer sgd")
+    if cfg.cuda_graph:
+        raise UserError("optimizer dot cannot be captured by cuda_graph (two backward passes, its own "
+                        "update): set cuda_graph false or optimizer sgd")
+    if cfg.amp == "fp16":
+        raise UserError("optimizer dot does not take fp16's grad scaler: use amp bf16 or off")
+    if not 0 <= cfg.dot_delta <= cfg.momentum < 1 - cfg.dot_delta:
+        raise UserError(f"optimizer dot needs 0 <= dot_delta <= momentum < 1 - dot_delta (momenta "
+                        f"momentum -/+ dot_delta in [0, 1)), got momentum {cfg.momentum}, "
+                        f"dot_delta {cfg.dot_delta}")
 
 
 def _closest(name, names):

@@ -26,7 +26,7 @@ import torch
 
 class DOT(torch.optim.Optimizer):
     def __init__(self, params, lr, momentum, delta, weight_decay=0.0):
-        if not 0 <= momentum - delta and momentum + delta < 1:
+        if not (0 <= momentum - delta and momentum + delta < 1):
             raise ValueError(f"DOT needs 0 <= momentum - delta and momentum + delta < 1, "
                              f"got momentum {momentum}, delta {delta}")
         super().__init__(params, dict(lr=lr, momentum=momentum, delta=delta, weight_decay=weight_decay))

@@ -39,6 +39,10 @@ class Session:
         if cfg.cuda_graph and (self.device.type != "cuda" or ctx.enabled):
             raise UserError(f"cuda_graph needs one process on a CUDA device; this run has "
                             f"{ctx.world_size} process(es) on {self.device.type}: set cuda_graph false")
+        if cfg.optimizer == "dot" and ctx.enabled:  # DDP's reducer takes one backward per forward
+            raise UserError(f"optimizer dot takes two backward passes a step, which DDP does not "
+                            f"support; this run has {ctx.world_size} processes: run one process or "
+                            f"set optimizer sgd")
         self.run = RunFolder(cfg, script, write=ctx.is_main)
         self.spec = dataset.spec(cfg.dataset)
         if script == "student" and not os.path.exists(cfg.path_t):  # before any download
