@@ -14,9 +14,13 @@ from .crd import CRD
 from .fitnet import FitNet
 from .fsp import FSP
 from .kd import HKD
+from .kdsvd import KDSVD
+from .nst import NST
+from .pkt import PKT
 from .reviewkd import ReviewKD
 from .rkd import RKD
 from .sp import SP
+from .vid import VID
 
 METHODS = {
     "vanilla": Vanilla,
@@ -29,6 +33,10 @@ METHODS = {
     "reviewkd": ReviewKD,
     "fsp": FSP,
     "crd": CRD,
+    "vid": VID,
+    "pkt": PKT,
+    "nst": NST,
+    "kdsvd": KDSVD,
     "ASKD": ASKD, "askd": ASKD,
 }
 
@@ -50,4 +58,5 @@ def build(cfg, student, teacher=None, train_targets=None):
 
 
 __all__ = ["METHODS", "Distiller", "build", "distiller_names",
-           "ASKD", "AT", "CC", "CRD", "FSP", "FitNet", "HKD", "RKD", "SP", "Vanilla"]
+           "ASKD", "AT", "CC", "CRD", "FSP", "FitNet", "HKD", "KDSVD", "NST", "PKT", "RKD", "SP",
+           "VID", "Vanilla"]

@@ -139,3 +139,81 @@ def nce_loss(scores, n_data, eps=1e-7):
     log_d1 = torch.log(scores[:, 0] / (scores[:, 0] + m_pn + eps))
     log_d0 = torch.log(m_pn / (scores[:, 1:] + m_pn + eps))
     return -(log_d1.sum() + log_d0.sum()) / scores.shape[0]
+
+
+# -- VID, PKT, NST, KDSVD ----------------------------------------------------------------------
+
+def gaussian_nll(mean, target, log_scale, eps):
+    """VID's negative log-likelihood of `target` under N(mean, var_c), without the constant:
+    mean over all entries of 0.5 * ((mean - target)^2 / var_c + log var_c), one variance per
+    channel (dim 1): var_c = softplus(log_scale_c) + eps."""
+    var = (F.softplus(log_scale) + eps).view(1, -1, *[1] * (mean.dim() - 2))
+    return (0.5 * ((mean - target).pow(2) / var + var.log())).mean()
+
+
+def probability_transfer_loss(f_s, f_t, eps=1e-7):
+    """PKT: each model's features (B, D) as conditional probabilities over the batch,
+    p_ij = k_ij / sum_j k_ij with the cosine kernel k_ij = (cos(f_i, f_j) + 1) / 2 (features
+    divided by norm + eps); L = mean over i, j of p^t_ij log((p^t_ij + eps) / (p^s_ij + eps))."""
+    def conditional(f):
+        f = f.flatten(1)
+        f = f / (f.norm(dim=1, keepdim=True) + eps)
+        kernel = (f @ f.t() + 1) / 2
+        return kernel / kernel.sum(1, keepdim=True)
+    p_s, p_t = conditional(f_s), conditional(f_t)
+    return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
+
+
+def selectivity_mmd(f_s, f_t):
+    """NST: the larger map pooled to the other's size; each channel's map flattened and
+    L2-normalised over positions; squared MMD between the student's and the teacher's channels
+    with the kernel k(a, b) = (a . b)^2, each kernel term averaged over samples and channel
+    pairs: mean k(t, t') + mean k(s, s') - 2 mean k(s, t) (the first without gradient)."""
+    f_s, f_t = pool_to_smaller(f_s, f_t)
+    s, t = F.normalize(f_s.flatten(2), dim=2), F.normalize(f_t.flatten(2), dim=2)
+
+    def kernel_mean(a, b):
+        return (a @ b.transpose(1, 2)).pow(2).mean()
+    with torch.no_grad():
+        teacher_term = kernel_mean(t, t)
+    return teacher_term + kernel_mean(s, s) - 2 * kernel_mean(s, t)
+
+
+def _finite(x):
+    """Non-finite entries set to 0 (KDSVD's guard against a failed SVD)."""
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def leading_right_singular(f, n):
+    """Per sample, the map (C, H, W) as the (H*W) x C matrix of positions by channels: its n
+    largest singular values (L2-normalised as one vector) and right singular vectors (C, n)
+    (columns L2-normalised), both with non-finite entries zeroed. Low-precision maps are
+    decomposed in float32 (no SVD for half precision)."""
+    f = f.to(torch.promote_types(f.dtype, torch.float32))
+    _, s, vh = torch.linalg.svd(f.flatten(2).transpose(1, 2), full_matrices=False)
+    return (F.normalize(_finite(s)[:, :n], dim=1),
+            F.normalize(_finite(vh.transpose(1, 2))[:, :, :n], dim=1))
+
+
+def kdsvd_loss(maps_s, maps_t, k):
+    """KDSVD over consecutive pairs of maps (the student's and teacher's maps of equal channels):
+    at each map, the teacher's k leading right singular vectors V_t and the student's k + 3;
+    for each teacher vector the student vector of largest |cosine| with it, its sign matched
+    (V_s); both scaled by the teacher's normalised singular values. Between map l and l - 1,
+    G[c, c', j] = exp(-(V[c, j] - V_prev[c', j])^2 / 8); L = sum over l of
+    sum((G_s - G_t)^2) / B, non-finite entries zeroed (teacher side without gradient)."""
+    loss, previous = 0.0, None
+    for f_s, f_t in zip(maps_s, maps_t):
+        with torch.no_grad():
+            scale_t, v_t = leading_right_singular(f_t, k)
+        v_s = leading_right_singular(f_s, k + 3)[1]
+        cosine = (v_s.transpose(1, 2) @ v_t).detach()                       # (B, k + 3, k)
+        best = cosine.abs() == cosine.abs().amax(1, keepdim=True)
+        v_s = v_s @ torch.where(best, cosine.sign(), torch.zeros_like(cosine))
+        v_s, v_t = v_s * scale_t.unsqueeze(1), v_t * scale_t.unsqueeze(1)
+        if previous is not None:
+            def rbf(v, v_prev):
+                return torch.exp(-(v.unsqueeze(2) - v_prev.unsqueeze(1)).pow(2) / 8)
+            loss = loss + _finite((rbf(v_s, previous[0]) - rbf(v_t, previous[1])).pow(2)).sum()
+        previous = v_s, v_t
+    return loss / maps_s[0].shape[0]
