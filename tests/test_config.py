@@ -85,7 +85,7 @@ def test_every_key_documented_and_dump_round_trips(write_cfg):
     (["model_t", "wrn_40_3"], "valid:"),
     (["distill", "kdd"], "unknown method 'kdd'"),
     (["mode", "loose"], "'mode' must be one of exact, relax"),
-    (["r", "0"], "'r' must be at least 1"),
+    (["r", "1"], "'r' must be at least 2"),
     (["amp", "fp8"], "'amp' must be one of"),
     (["device", "tpu"], "'device' must be"),
     (["path_t", ""], "'path_t' is required"),

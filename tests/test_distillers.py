@@ -284,7 +284,7 @@ def test_fsp_refuses_channel_mismatch():
 @pytest.mark.parametrize("cfg,message", [
     (dict(distill="hint", hint_layer=4), "hint_layer 4 is out of range.*0..3"),
     (dict(distill="hint", hint_layer=-1), "hint_layer -1 is out of range"),
-    (dict(distill="ASKD", r=0), "r >= 1"),
+    (dict(distill="ASKD", r=1), "r >= 2"),
     (dict(distill="ASKD", group="target", layer=4), "layer 4 is out of range.*0..3"),
     (dict(distill="crd", nce_k=181), "nce_k 181 is larger than the 180 negatives"),
 ])
