@@ -14,7 +14,7 @@ def main():
                       "python train_student.py -cfg configs/kds/ours/res32x4_shufflenetv2.yaml")
     session = Session(args.cfg, args.overrides, script="student")
     cfg = session.cfg
-    teacher = session.place(load_teacher(cfg.model_t, cfg.path_t, session.spec.num_classes))
+    teacher = session.place(load_teacher(cfg.model_t, cfg.path_t, session.spec.num_classes), cfg.model_t)
     accuracy = evaluate(teacher, session.test_loader, session.device)
     session.log(f"teacher {cfg.model_t} from {cfg.path_t}: test top-1 {accuracy['top1']:.2f} "
                 f"top-5 {accuracy['top5']:.2f}")

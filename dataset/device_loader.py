@@ -238,6 +238,9 @@ def build_fast_loaders(cfg, device, rank=0, world_size=1, test_batch_size=256):
         raise UserError(f"batch_size {cfg.batch_size} is smaller than the {world_size} processes: "
                         f"set batch_size {world_size} or more")
     data_set, root = spec(cfg.dataset), data_root(cfg)
+    if not data_set.pad and torch.device(device).type != "cuda":
+        raise UserError(f"fast true with {cfg.dataset} decodes the JPEG files on a CUDA GPU; this run is "
+                        f"on {torch.device(device).type}: set fast false")
     memory_format = torch.channels_last if cfg.get("channels_last", False) else torch.contiguous_format
     train_split, test_split = data_set.read(root, "train"), data_set.read(root, "test")
     sampler = EpochSampler(len(train_split), cfg.seed, rank, world_size)

@@ -88,9 +88,9 @@ class Session:
         model = model_dict[name](num_classes=self.spec.num_classes)
         if self.cfg.sync_bn and self.ctx.enabled and self.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return self.place(model)
+        return self.place(model, name)
 
-    def place(self, model):
+    def place(self, model, name):
         """`model` on the run's device, in its memory format, compiled when asked (in place:
         the state_dict keys stay those of the zoo), told the data set's image size (its
         `input_size`: the dry forward passes that size features use it). Student and teacher alike."""
@@ -98,9 +98,25 @@ class Session:
         model = model.to(self.device)
         if self.cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        self.check_input_size(model, name)
         if self.cfg.compile:
             model.compile()
         return model
+
+    @torch.no_grad()
+    def check_input_size(self, model, name):
+        """One eval-mode forward of one image of the data set's size (BN statistics untouched):
+        a model that cannot take it (e.g. a fixed 8x8 pooling before its classifier) is a
+        one-line error before the run folder exists."""
+        size, was_training = self.spec.image_size, model.training
+        try:
+            model.eval()(torch.zeros(1, 3, size, size, device=self.device))
+        except RuntimeError as e:
+            raise UserError(f"model {name} cannot take the {size}x{size} images of {self.spec.name} "
+                            f"({str(e).splitlines()[0][:120]}): use a model whose pooling adapts to the "
+                            f"input size (README, Data sets)") from None
+        finally:
+            model.train(was_training)
 
     def train(self, student, teacher):
         from distillers import build
