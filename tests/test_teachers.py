@@ -605,3 +605,16 @@ def test_imagenet_teacher_placed_by_hand(tmp_path):
     (dest / 'teachers.lock.json').unlink()
     with pytest.raises(UserError, match='sha256 .* does not match 00000000 from the registry'):
         T.fetch_teachers(None, dest=str(dest), registry=imagenet_registry('0' * 64), **FAST)
+
+
+def test_cli_dataset_picks_its_teachers_and_their_folder(tmp_path, server, monkeypatch, capsys):
+    data = bare_state_dict_bytes()
+    server.files[f'/resnet34-{sha(data)[:8]}.pth'] = data
+    reg = {**small_registry(), **imagenet_registry(sha(data))}
+    monkeypatch.setattr(cli, 'load_registry', lambda: reg)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(['--dataset', 'imagenet', '--mirror', server.base, '--retries', '0']) == 0
+    assert listing(tmp_path / 'save' / 'teacher_model') == ['imagenet']   # no CIFAR-100 teacher fetched
+    assert (tmp_path / 'save/teacher_model/imagenet/resnet34_imagenet_vanilla.pth').read_bytes() == data
+    assert cli.main(['--dataset', 'mnist']) == 2
+    assert "no teacher of data set 'mnist'" in capsys.readouterr().err
