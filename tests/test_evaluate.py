@@ -11,7 +11,11 @@ import pytest
 import torch
 import yaml
 
+import dataset
 import evaluate
+from helper.evaluate import data_config
+from models import model_dict
+from tests.layouts import write_image_folder
 from tests.runs import call_cli, run_script, tiny_config, weights
 
 
@@ -65,6 +69,25 @@ def test_released_formats_without_a_run_folder(run, tmp_path):
                                     "synthetic", *set_of(run), "--device", "cpu"])
     assert code == 0 and re.fullmatch(r"resnet8 on synthetic \(100 test images\): top-1 [\d.]+  top-5 [\d.]+  "
                                       r"loss [\d.]+\n", out), out
+
+
+@pytest.mark.filterwarnings("ignore:.*class folders, not")
+def test_imagenet_weights_in_torchvisions_format(tmp_path):
+    """A bare 1000-class state dict on an ImageFolder tree: the data set told by the class count,
+    the model by its keys; the figures of a direct forward over the same test split."""
+    root = str(tmp_path / "imagenet")
+    write_image_folder(root, ["n01440764", "n01443537"], train_per_class=1, val_per_class=2, height=60, width=80)
+    torch.manual_seed(0)
+    model = model_dict["MobileNetV1"](num_classes=1000).eval()
+    with torch.no_grad():
+        model.fc.bias[0] = 50.0   # every image called class 0: half of them right
+    torch.save(model.state_dict(), tmp_path / "mobilenetv1-0123abcd.pth")
+    result = score(tmp_path / "mobilenetv1-0123abcd.pth", "data_dir", root, "num_workers", "0")
+    assert (result["model"], result["dataset"], result["images"], result["top1"]) == ("MobileNetV1", "imagenet", 4, 50.0)
+    image, target, _ = next(iter(dataset.build_test_loader(data_config("imagenet", root))))
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(image), target).item()
+    assert image.shape == (4, 3, 224, 224) and result["loss"] == pytest.approx(loss, rel=1e-5)
 
 
 def bad_inputs(folder, tmp):
