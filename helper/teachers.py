@@ -98,12 +98,15 @@ def published_top1(name, registry=None):
     return float(spec['top1']) if spec else None
 
 
-def check_teacher_accuracy(model_name, top1, registry=None, tolerance=ACCURACY_TOLERANCE):
+def check_teacher_accuracy(model_name, top1, registry=None, tolerance=ACCURACY_TOLERANCE, dataset=None):
     """A loud warning if ``top1`` (percent) is more than ``tolerance`` points below the
-    published figure of teacher ``model_name``; None when it is fine or not a known teacher."""
+    published figure of teacher ``model_name``; None when it is fine, not a known teacher, or
+    (``dataset`` given) measured on another data set than the published figure's."""
     registry = load_registry() if registry is None else registry
     published = published_top1(model_name, registry)
     if published is None or top1 >= published - tolerance:
+        return None
+    if dataset is not None and dataset != teacher_dataset(registry[model_name]):
         return None
     dataset = teacher_dataset(registry[model_name])
     return (f'WARNING: teacher {model_name} scores {top1:.2f}% top-1 on the {dataset} test set, '

@@ -193,6 +193,8 @@ def test_check_teacher_accuracy():
     warning = T.check_teacher_accuracy('resnet110', 60.0)
     assert 'resnet110' in warning and '74.31' in warning and '60.00' in warning
     assert T.check_teacher_accuracy('resnet8', 1.0) is None      # not a registry teacher
+    assert T.check_teacher_accuracy('ResNet50', 1.0, dataset='tiny_imagenet') is None   # not its figure's data set
+    assert 'on the imagenet test set' in T.check_teacher_accuracy('resnet50_imagenet', 1.0, dataset='imagenet')
     assert cli.check_teacher_accuracy is T.check_teacher_accuracy
 
 
