@@ -6,11 +6,13 @@ the short names hkd, fitnet, at, sp, cc and askd are aliases; vanilla is plain c
 """
 from common.errors import UserError
 
+from .abound import AB
 from .askd import ASKD
 from .at import AT
 from .base import Distiller, Vanilla
 from .cc import CC
 from .crd import CRD
+from .factor import FT
 from .fitnet import FitNet
 from .fsp import FSP
 from .kd import HKD
@@ -24,6 +26,8 @@ from .vid import VID
 
 METHODS = {
     "vanilla": Vanilla,
+    "abound": AB, "ab": AB,
+    "factor": FT, "ft": FT,
     "kd": HKD, "hkd": HKD,
     "hint": FitNet, "fitnet": FitNet,
     "attention": AT, "at": AT,
@@ -58,5 +62,5 @@ def build(cfg, student, teacher=None, train_targets=None):
 
 
 __all__ = ["METHODS", "Distiller", "build", "distiller_names",
-           "ASKD", "AT", "CC", "CRD", "FSP", "FitNet", "HKD", "KDSVD", "NST", "PKT", "RKD", "SP",
+           "AB", "ASKD", "AT", "CC", "CRD", "FSP", "FT", "FitNet", "HKD", "KDSVD", "NST", "PKT", "RKD", "SP",
            "VID", "Vanilla"]

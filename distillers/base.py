@@ -24,7 +24,8 @@ from .functional import hinton_kd
 class Distiller(nn.Module):
     needs_feats = True  # False: the method only needs logits, so skip is_feat=True
     min_batch = 1       # the smallest batch the losses are defined on (2: they compare samples)
-    teacher_preact = False  # True: the teacher's features are pre-activation (forward(preact=True))
+    preact = False      # True: the features before each stage's last ReLU (forward(preact=True))
+    teacher_preact = False  # True: the teacher's features are pre-activation even when preact is not
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__()
@@ -56,14 +57,14 @@ class Distiller(nn.Module):
 
     def forward(self, image, target, index=None):
         if self.needs_feats:
-            feats_s, logits_s = self.student(image, is_feat=True)
+            feats_s, logits_s = self.student(image, is_feat=True, preact=self.preact)
         else:
             feats_s, logits_s = None, self.student(image)
         losses = {"ce": self.gamma * F.cross_entropy(logits_s, target)}
         if self.teacher is None:
             return logits_s, losses
         with torch.no_grad():
-            feats_t, logits_t = self.teacher(image, is_feat=True, preact=self.teacher_preact)
+            feats_t, logits_t = self.teacher(image, is_feat=True, preact=self.preact or self.teacher_preact)
         if self.alpha:
             losses["kd"] = self.alpha * hinton_kd(logits_s, logits_t, self.kd_T)
         if self.beta:
