@@ -12,12 +12,14 @@ from .at import AT
 from .base import Distiller, Vanilla
 from .cc import CC
 from .crd import CRD
+from .dkd import DKD
 from .factor import FT
 from .fitnet import FitNet
 from .fsp import FSP
 from .kd import HKD
 from .kdsvd import KDSVD
 from .nst import NST
+from .ofd import OFD
 from .pkt import PKT
 from .reviewkd import ReviewKD
 from .rkd import RKD
@@ -37,6 +39,8 @@ METHODS = {
     "reviewkd": ReviewKD,
     "fsp": FSP,
     "crd": CRD,
+    "dkd": DKD,
+    "ofd": OFD,
     "vid": VID,
     "pkt": PKT,
     "nst": NST,
@@ -62,5 +66,5 @@ def build(cfg, student, teacher=None, train_targets=None):
 
 
 __all__ = ["METHODS", "Distiller", "build", "distiller_names",
-           "AB", "ASKD", "AT", "CC", "CRD", "FSP", "FT", "FitNet", "HKD", "KDSVD", "NST", "PKT", "RKD", "SP",
-           "VID", "Vanilla"]
+           "AB", "ASKD", "AT", "CC", "CRD", "DKD", "FSP", "FT", "FitNet", "HKD", "KDSVD", "NST", "OFD",
+           "PKT", "RKD", "SP", "VID", "Vanilla"]

@@ -1,0 +1,63 @@
+"""DKD: Zhao et al., "Decoupled Knowledge Distillation" (CVPR 2022); defaults from mdistiller.
+
+With p = softmax(z / T) of the student (s) and the teacher (t) and g the true class:
+- TCKD = T^2 KL([p_t,g, 1 - p_t,g] || [p_s,g, 1 - p_s,g]), the binary target/non-target split;
+- NCKD = T^2 KL(p~_t || p~_s), p~ = softmax over the non-target classes only;
+each summed over its classes and averaged over the batch.
+L_method = min(epoch / warmup_epochs, 1) * (dkd_alpha * TCKD + dkd_beta * NCKD), epochs counted
+from 1 (`WarmUp`; warmup_epochs 0: no ramp). mdistiller: CE weight 1 (gamma), ALPHA 1, BETA 8,
+T 4 (kd_T), WARMUP 20; its per-pair files set BETA 2 for res110 -> res32 and res56 -> res20, 6 for
+wrn_40_2 -> wrn_16_2 / wrn_40_1 and vgg13 -> MobileNetV2 / vgg8. beta (the method weight) is 1.
+
+The binary probabilities are taken in log space (log p_g and the log-sum-exp of the others),
+which is the original's sum-then-log without its underflow; NCKD masks the true class as the
+original does, by subtracting 1000 from its tempered logit.
+
+Refused: dkd_alpha < 0 or dkd_beta < 0 (a negative KL weight), warmup_epochs < 0, and logits
+of fewer than 2 classes (no non-target class: both KLs are undefined).
+"""
+import torch
+import torch.nn.functional as F
+
+from common.errors import UserError
+
+from .base import Distiller, WarmUp
+from .functional import hinton_kd
+
+
+def dkd_loss(logits_s, logits_t, target, alpha, beta, T):
+    """alpha * TCKD + beta * NCKD (see the module's docstring); the teacher side is taken as
+    given (call it without gradient)."""
+    classes = torch.arange(logits_s.shape[1], device=target.device)
+    true_class = classes == target.unsqueeze(1)  # (B, K) mask; one_hot would sync on CUDA
+
+    def log_binary(logits):  # (B, 2): log p of the true class, log p of all the others
+        log_p = F.log_softmax(logits / T, dim=1)
+        log_true = log_p.gather(1, target.unsqueeze(1))
+        log_rest = log_p.masked_fill(true_class, float("-inf")).logsumexp(dim=1, keepdim=True)
+        return torch.cat([log_true, log_rest], dim=1)
+
+    tckd = F.kl_div(log_binary(logits_s), log_binary(logits_t), reduction="sum", log_target=True)
+    tckd = tckd * T ** 2 / logits_s.shape[0]
+    mask = 1000.0 * T * true_class  # z / T - 1000 on the true class: its probability is 0
+    nckd = hinton_kd(logits_s - mask, logits_t - mask, T)
+    return alpha * tckd + beta * nckd
+
+
+class DKD(Distiller):
+    needs_feats = False
+
+    def __init__(self, student, teacher, cfg, train_targets=None):
+        super().__init__(student, teacher, cfg)
+        for key in ("dkd_alpha", "dkd_beta", "warmup_epochs"):
+            if cfg[key] < 0:
+                raise UserError(f"DKD needs {key} >= 0, got {cfg[key]}")
+        self.tckd_weight, self.nckd_weight = float(cfg.dkd_alpha), float(cfg.dkd_beta)
+        self.warmup = WarmUp(cfg.warmup_epochs)
+
+    def method_losses(self, feats_s, logits_s, feats_t, logits_t, target, index):
+        if logits_s.shape[1] < 2:
+            raise UserError(f"DKD needs at least 2 classes (it splits the target class from the "
+                            f"others), got logits of {logits_s.shape[1]}")
+        return {"dkd": self.warmup(dkd_loss(logits_s, logits_t, target, self.tckd_weight,
+                                            self.nckd_weight, self.kd_T))}
