@@ -8,6 +8,7 @@ measured in one process and written into BENCHMARKS.md.
 
     python bench/benchmark.py --device cpu --quick      # the CPU table of BENCHMARKS.md
     python bench/benchmark.py --device cuda             # a GPU's table
+    python bench/benchmark.py --device cuda --packing 1,2,4,8   # K runs at once on one GPU
 
 What it measures, on a CIFAR-100-sized synthetic training set (50000 images, 100 classes,
 written in CIFAR-100's format to a temporary folder and read by the project's own readers, so
@@ -26,6 +27,15 @@ idle, 9 when other jobs load the machine).
 
 3. the targets of the speed issue, judged on the medians (on CUDA each on the fastest fast mode).
 
+`--packing 1,2,4,8` measures instead what `sweep.py --runs-per-gpu K` does: K processes (under
+CUDA MPS when `nvidia-cuda-mps-control` exists, as the sweep; on a CPU with the cores divided),
+each an ASKD resnet32x4 -> resnet8x4 run (PACKING_MODE: the fast path with the CUDA graph, bf16
+and channels_last; fast fp32 on a CPU) that builds, warms up, waits for the others, then times
+`steps` steps. Aggregate images/s = all the runs' images / (last end - first start), and the
+projected wall time of the paper's two tables with 3 seeds (the runs counted from configs/ and
+configs/paper_results.json) on 1 and 8 such devices, each run costed as this ASKD run (training
+steps only). It writes its own section of BENCHMARKS.md.
+
 Configs are the paper's YAML files (configs/...) loaded by helper.config.load_config with the
 data/path/precision keys overridden; models come from models.model_dict with random weights
 (speed does not depend on them); distillers from distillers.build; the step is the loop's own
@@ -33,9 +43,11 @@ data/path/precision keys overridden; models come from models.model_dict with ran
 devices' sections are kept).
 """
 import argparse
+import contextlib
 import ctypes
 import datetime
 import gc
+import multiprocessing
 import os
 import platform
 import re
@@ -57,7 +69,9 @@ import dataset  # noqa: E402
 import distillers  # noqa: E402
 from dataset.device_loader import build_fast_loaders  # noqa: E402
 from dataset.synthetic import write_synthetic_cifar100  # noqa: E402
+from helper import packing  # noqa: E402
 from helper.config import load_config  # noqa: E402
+from helper.grid import METHODS, TABLES, method_config, pair_models, paper  # noqa: E402
 from helper.trainer import Trainer  # noqa: E402
 from models import model_dict  # noqa: E402
 
@@ -299,6 +313,122 @@ def bench_case(case, args, data_dir, device, memory):
     return results
 
 
+# -- packing: K runs at once --------------------------------------------------------------------
+PACKING_CASE = next(c for c in CASES if c[0] == "askd_resnet8x4")
+PACKING_MODE = {"cuda": "graph_cl", "cpu": "fast"}
+SEEDS = 3
+
+
+def forever(loader):
+    while True:
+        yield from loader
+
+
+def packing_worker(k, device_type, data_dir, args, threads, barrier, results):
+    """One of K concurrent runs: build, warm up, wait for the others, time `steps` steps."""
+    torch.set_num_threads(threads)
+    device = torch.device(device_type)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    _, loader, step = build_case(PACKING_CASE, PACKING_MODE[device.type], data_dir, device, 0, args.batch_size)
+    it = forever(loader)
+    run_steps(it, step, device, args.warmup, False)
+    barrier.wait()
+    start = time.monotonic()
+    run_steps(it, step, device, args.steps, False)
+    end = time.monotonic()
+    peak = torch.cuda.max_memory_reserved(device) / 2 ** 20 if device.type == "cuda" else None
+    results.put((args.steps * args.batch_size, start, end, peak))
+
+
+def measure_packing(k, device, data_dir, args):
+    """(aggregate images/s, [images/s of each run], peak MiB of a run or None) of K runs at once."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(k), context.Queue()
+    threads = max(1, (args.threads or os.cpu_count() or 1) // k) if device.type == "cpu" else 1
+    workers = [context.Process(target=packing_worker, args=(k, device.type, data_dir, args, threads, barrier,
+                                                             results)) for _ in range(k)]
+    for w in workers:
+        w.start()
+    got = []
+    try:
+        while len(got) < k:
+            if not any(w.is_alive() for w in workers) and results.empty():
+                raise RuntimeError(f"a packed run died (exit codes {[w.exitcode for w in workers]})")
+            try:
+                got.append(results.get(timeout=5))
+            except Exception:  # noqa: BLE001 -- queue.Empty: look again whether the workers live
+                continue
+    finally:
+        for w in workers:
+            w.join(timeout=60)
+            if w.is_alive():
+                w.terminate()
+    images = sum(n for n, *_ in got)
+    window = max(end for _, _, end, _ in got) - min(start for _, start, _, _ in got)
+    peaks = [p for *_, p in got if p is not None]
+    return images / window, [n / (end - start) for n, start, end, _ in got], max(peaks) if peaks else None
+
+
+def paper_runs():
+    """(method cells, vanilla students, teachers) of the paper's two tables, from configs/."""
+    tables = paper()["tables"]
+    pairs = [p for t in TABLES for p in tables[t]["pairs"]]
+    cells = sum(method_config(m, p) is not None for p in pairs for m in METHODS)
+    return cells, len({pair_models(p)[1] for p in pairs}), len({pair_models(p)[0] for p in pairs})
+
+
+def bench_packing(device, args, data_dir):
+    rows = []
+    args.mps_note = "CPU: the cores divided among the K processes"
+    cuda = device.type == "cuda"
+    with packing.MPS(tempfile.mkdtemp(prefix="askd_mps_")) if cuda else contextlib.nullcontext() as mps:
+        if cuda:
+            os.environ.update(mps.env)   # the spawned runs reach the daemon through it
+            args.mps_note = f"MPS: {mps.note}"
+        for k in args.packing:
+            t0 = time.time()
+            aggregate, each, peak = measure_packing(k, device, data_dir, args)
+            rows.append((k, aggregate, each, peak))
+            print(f"packing K={k}: {aggregate:,.1f} images/s together (each {', '.join(f'{r:.1f}' for r in each)}), "
+                  f"peak {peak or 0:,.0f} MiB a run [{time.time() - t0:.0f} s]", flush=True)
+    return rows
+
+
+def packing_section(device, args, command, rows):
+    kind, name = device.type, device_name(device)
+    cells, students, teachers = paper_runs()
+    runs = (cells + students + teachers) * SEEDS
+    images = runs * EPOCHS * TRAIN_SIZE
+    base = rows[0][1] if rows and rows[0][0] == 1 else None
+    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    out = [f"## Packing on {kind.upper()}: {name}", "",
+           f"- measured {now}, torch {torch.__version__}, Python {platform.python_version()}; "
+           f"load average (1/5/15 min) {args.load_before} before and {args.load_after} after the run",
+           f"- command: `{command}`",
+           f"- K concurrent processes, each {PACKING_CASE[4]} ({MODES[PACKING_MODE[kind]][2]}, "
+           f"{MODES[PACKING_MODE[kind]][1]}), batch {args.batch_size}: {args.warmup} warm-up steps, then "
+           f"{args.steps} timed steps started together; aggregate = all images / (last end - first start)",
+           f"- {args.mps_note}",
+           f"- the paper's two tables with {SEEDS} seeds: {cells} method cells + {students} vanilla students + "
+           f"{teachers} teachers = {cells + students + teachers} runs x {SEEDS} = {runs} runs of {EPOCHS} epochs x "
+           f"{TRAIN_SIZE} images, each costed as this ASKD run (training steps only: evaluation not included; "
+           f"ShuffleNet/MobileNetV2 students and ResNet50 teachers cost more)"]
+    if kind == "cpu":
+        out.append("- on a CPU this exercises the code path only: the K processes divide the same cores, so "
+                   "these figures say nothing of a GPU's packing")
+    out += ["",
+            "| K runs at once | images/s together | vs K=1 | images/s per run (mean) | peak memory reserved per run (MiB) "
+            "| the tables on 1 device | on 8 devices |",
+            "|---:|---:|---:|---:|---:|---:|---:|"]
+    for k, aggregate, each, peak in rows:
+        versus = f"{aggregate / base:.2f}x" if base else "-"
+        wall = [images / (aggregate * devices) / 3600 for devices in (1, 8)]
+        out.append(f"| {k} | {aggregate:,.1f} | {versus} | {statistics.fmean(each):,.1f} | "
+                   f"{'-' if peak is None else f'{peak:,.0f}'} | {wall[0]:,.1f} h | {wall[1]:,.1f} h |")
+    return "\n".join(out) + "\n"
+
+
 # -- report -------------------------------------------------------------------------------------
 def hours(rate):
     seconds = EPOCHS * TRAIN_SIZE / rate
@@ -438,6 +568,14 @@ On a GPU machine, `bash bench/gpu_checks.sh` runs `bench/check_cuda.py` (the CUD
 the CPU reference), the quick start on CUDA and this benchmark in one go.
 """
 
+UNMEASURED_PACKING = """## Packing on a GPU: unmeasured
+
+No GPU was lent to the session that wrote the packing mode: **the GPU packing figures
+(`sweep.py --runs-per-gpu K`: aggregate images/s of K = 1, 2, 4, 8 ASKD runs on one GPU, and the
+projected wall time of the paper's tables on 1 and 8 GPUs) are unmeasured.** Measure them with
+`python bench/benchmark.py --device cuda --packing 1,2,4,8` (part of `bash bench/gpu_checks.sh`).
+"""
+
 UNMEASURED_GPU = """## GPU: unmeasured
 
 No GPU was available where these benchmarks were run: **every GPU figure is unmeasured.**
@@ -457,6 +595,10 @@ def write_markdown(kind_key, text):
         sections.pop("cuda-unmeasured", None)
     else:
         sections["cuda-unmeasured"] = UNMEASURED_GPU
+    if any(k.startswith("packing-cuda:") for k in sections):
+        sections.pop("packing-cuda-unmeasured", None)
+    elif any(k.startswith("packing") for k in sections):
+        sections["packing-cuda-unmeasured"] = UNMEASURED_PACKING
     order = sorted(sections, key=lambda k: (not k.startswith("cpu"), k))
     with open(MARKDOWN, "w") as f:
         f.write(PREAMBLE)
@@ -482,6 +624,8 @@ def main():
     parser.add_argument("--modes", help="comma-separated subset of: " + ", ".join(MODES) +
                         " (default: " + "; ".join(f"{d}: {','.join(m)}" for d, m in DEFAULT_MODES.items()) + ")")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    parser.add_argument("--packing", default=None, metavar="K,...",
+                        help="measure K concurrent ASKD runs instead (e.g. 1,2,4,8): sweep.py --runs-per-gpu")
     args = parser.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
     device = torch.device(args.device)
@@ -498,6 +642,13 @@ def main():
     args.repeats = defaults[1] if args.repeats is None else args.repeats
     args.steps = defaults[2] if args.steps is None else args.steps
     args.modes = args.modes.split(",") if args.modes else DEFAULT_MODES[device.type]
+    if args.packing:
+        try:
+            args.packing = [int(k) for k in args.packing.split(",")]
+        except ValueError:
+            sys.exit(f"--packing takes comma-separated run counts, e.g. 1,2,4,8; got {args.packing}")
+        if min(args.packing) < 1:
+            sys.exit("--packing: every K must be at least 1")
     if "plain" not in args.modes or set(args.modes) - set(MODES):
         sys.exit(f"--modes must include plain and name only: {', '.join(MODES)}")
     wanted = args.cases.split(",")
@@ -512,6 +663,16 @@ def main():
         start = time.time()
         write_synthetic_cifar100(data_dir, TRAIN_SIZE, 1000, seed=0)
         print(f"synthetic set of {TRAIN_SIZE} images written in {time.time() - start:.0f} s", flush=True)
+        if args.packing:
+            rows = bench_packing(device, args, data_dir)
+            args.load_after = "%.1f/%.1f/%.1f" % os.getloadavg()
+            text = packing_section(device, args, command, rows)
+            print("\n" + text)
+            if not args.no_write:
+                key = f"packing-{device.type}:{device_name(device).split(' (')[0]}"
+                write_markdown(key, text)
+                print(f"written into {MARKDOWN} (section {key})")
+            return
         data_rows = bench_data(data_dir, device, args.workers, args.quick)
         for what, setting, rate in data_rows:
             print(f"data  {what} [{setting}]: {rate:,.0f} images/s", flush=True)

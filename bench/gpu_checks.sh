@@ -4,7 +4,11 @@
 #   1. bench/check_cuda.py: the CUDA step against the CPU step, the CUDA graph against eager;
 #   2. the quick start on CUDA through the scripts: fast + bf16 + CUDA graph (the teacher
 #      stopped after 3 epochs and resumed to 4), ASKD and CRD students, the plain path;
-#   3. bench/benchmark.py --device cuda (writes its section of BENCHMARKS.md; a copy is logged).
+#   3. sweep.py --runs-per-gpu 2 (the memory probe, MPS, two runs at once), then
+#      bench/benchmark.py --device cuda --packing 1,2,4,8: K ASKD runs at once on the GPU (what
+#      sweep.py --runs-per-gpu K does, under MPS when available), its section of BENCHMARKS.md;
+#   4. bench/eval_cost.py --device cuda: the evaluation of an epoch against its training (logged);
+#   5. bench/benchmark.py --device cuda (writes its section of BENCHMARKS.md; a copy is logged).
 # Each step has its own time limit and log (LOG_FOLDER, default $OUT or ./gpu_logs); the last
 # lines of each log are printed. Exit status: the number of failed steps.
 set -u
@@ -44,6 +48,11 @@ step student_plain_path 120 python3 train_student.py -cfg configs/quickstart/stu
     device cuda num_workers 8 path_t "$teacher" save_folder "$work/plain" epochs 2 lr_decay_epochs 1
 ls -R "$work/askd" >"$logs/run_folder.txt"
 
+TAIL=12 step sweep_packed 240 python3 sweep.py --table similar --pairs res110_res20 --methods vanilla --seeds 2 \
+    --runs-per-gpu 2 --save_root "$work/sweep" --set dataset synthetic data_dir "$work/sweep_data" epochs 2 lr_decay_epochs 1 device cuda fast True
+cat "$work"/sweep/similar/vanilla/resnet20/seed_*/peak_memory.json >>"$logs/sweep_packed.log" 2>&1
+TAIL=20 step packing 300 python3 bench/benchmark.py --device cuda --packing 1,2,4,8 --warmup 10 --steps 300
+TAIL=8 step eval_cost 180 python3 bench/eval_cost.py --device cuda
 TAIL=40 step benchmark 420 python3 bench/benchmark.py --device cuda --workers 8
 cp BENCHMARKS.md "$logs/BENCHMARKS.md"
 rm -rf "$work"

@@ -223,3 +223,19 @@ def test_mps_daemon_started_and_quit(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path / "user"))
     with packing.MPS(str(tmp_path / "mps2")) as mps:
         assert not mps.started and mps.env == {} and "using the running MPS daemon" in mps.note
+
+
+def test_benchmark_packing_projection():
+    """bench/benchmark.py --packing: the paper's runs counted from configs/, the projected hours."""
+    import argparse
+    import sys
+    sys.path.insert(0, os.path.join(sweep.ROOT, "bench"))
+    import benchmark
+    assert benchmark.paper_runs() == (92, 9, 5)   # 44 + 48 method cells; 9 students, 5 teachers
+    args = argparse.Namespace(load_before="0/0/0", load_after="0/0/0", batch_size=64, warmup=10, steps=300,
+                              mps_note="MPS: started")
+    rows = [(1, 10000.0, [10000.0], 500.0), (2, 15000.0, [7600.0, 7400.0], 510.0)]
+    text = benchmark.packing_section(benchmark.torch.device("cpu"), args, "python bench/benchmark.py", rows)
+    assert "106 runs x 3 = 318 runs" in text
+    assert "| 1 | 10,000.0 | 1.00x | 10,000.0 | 500 | 106.0 h | 13.2 h |" in text   # 318 x 240 x 50000 / 1e4 s
+    assert "| 2 | 15,000.0 | 1.50x | 7,500.0 | 510 | 70.7 h | 8.8 h |" in text
