@@ -31,10 +31,10 @@ def checkpoint_weights(obj, path):
     return model_state_dict(obj, path)
 
 
-def data_config(dataset_name, data_dir="", **keys):
+def data_config(dataset_name, data_dir=""):
     """A config that reads the test split of `dataset_name` from `data_dir` (empty: its default)."""
     cfg = get_cfg_defaults()
-    merge(cfg, [("dataset", dataset_name), ("data_dir", data_dir), *keys.items()], "the arguments")
+    merge(cfg, [("dataset", dataset_name), ("data_dir", data_dir)], "the arguments")
     return cfg
 
 
