@@ -80,6 +80,8 @@ KEYS = [
                           "graph and replay it; needs fast true, amp off or bf16, one process"),
     ("sync_bn", False, "DDP on CUDA: convert BatchNorm to SyncBatchNorm"),
     ("tensorboard", True, "write tensorboard event files into the run folder"),
+    ("eval_freq", 1, "evaluate every this many epochs (1: every epoch, the protocol); the last epoch always; "
+                     "the best checkpoint only among evaluated epochs"),
 ]
 DOC = {key: doc for key, _, doc in KEYS}
 DEFAULTS = {key: default for key, default, _ in KEYS}
@@ -214,7 +216,7 @@ def validate(cfg, script):
     from distillers import distiller_names
     from models import model_dict
 
-    for key in ("learning_rate", "batch_size", "epochs", "kd_T", "nce_t", "save_freq", "print_freq",
+    for key in ("learning_rate", "batch_size", "epochs", "kd_T", "nce_t", "save_freq", "print_freq", "eval_freq",
                 "feat_dim", "nce_k", "synthetic_train_size", "synthetic_test_size"):
         if cfg[key] <= 0:
             raise UserError(f"'{key}' must be positive, got {cfg[key]}")

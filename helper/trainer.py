@@ -375,13 +375,16 @@ class Trainer:
         distributed.broadcast_state(self.distiller)  # ranks end every epoch identical
         if not self.ctx.is_main:
             return  # rank 0 alone evaluates, logs and saves
-        test = evaluate(self.distiller.student, self.test_loader, self.device)
-        improved = test["top1"] > self.best_acc
-        self.best_acc = max(self.best_acc, test["top1"])
-        self.run.save_epoch(self.distiller.student, epoch, test["top1"], self.best_acc, improved)
+        top1, tested = None, {}
+        if epoch % self.cfg.eval_freq == 0 or epoch == self.cfg.epochs:  # the best only among these
+            test = evaluate(self.distiller.student, self.test_loader, self.device)
+            top1 = test["top1"]
+            tested = {"test_loss": test["loss"], "test_acc": top1, "test_acc_top5": test["top5"]}
+        improved = top1 is not None and top1 > self.best_acc
+        self.best_acc = max(self.best_acc, top1 or 0.0)
+        self.run.save_epoch(self.distiller.student, epoch, top1, self.best_acc, improved)
         self.run.save_latest(self.state(epoch))
         if self.device.type == "cuda":  # what sweep.py --runs-per-gpu sizes its packing by
             write_peak_memory(self.run.path, self.device)
-        self.logger.epoch(epoch, {"lr": lr, **stats, "test_loss": test["loss"], "test_acc": test["top1"],
-                                  "test_acc_top5": test["top5"], "best_acc": self.best_acc,
+        self.logger.epoch(epoch, {"lr": lr, **stats, **tested, "best_acc": self.best_acc,
                                   "seconds": round(train_seconds, 2)})
