@@ -311,9 +311,9 @@ def launch_local(runs, gpus, jobs, env=None):
 
 # ----------------------------------------------------------------------------- packing
 
-def probe_peak(run, gpu, save_root):
-    """(peak bytes, what) of one epoch of `run` alone on `gpu`, in a scratch folder removed after."""
-    folder = os.path.join(save_root, ".probe", run.name)
+def probe_peak(run, gpu, scratch):
+    """(peak bytes, what) of one epoch of `run` alone on `gpu`, in a folder under `scratch` removed after."""
+    folder = os.path.join(scratch, ".probe", run.name)
     shutil.rmtree(folder, ignore_errors=True)
     probe = Run(run.name, run.method, run.script, run.cfg_path,
                 run.overrides + ["save_folder", folder, "epochs", 1, "lr_decay_epochs", 1, "init_epochs", 1,
@@ -321,7 +321,7 @@ def probe_peak(run, gpu, save_root):
     print(f"packing: measuring one run's peak memory: {run.name}, one epoch alone on GPU {gpu}", flush=True)
     result = run_one(probe, gpu)
     peak, _ = packing.recorded_peak(root for root, _, files in os.walk(folder) if packing.PEAK_MEMORY in files)
-    shutil.rmtree(os.path.join(save_root, ".probe"), ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
     if peak is None:
         raise UserError(f"--runs-per-gpu: the memory probe ({run.name}, one epoch) failed: "
                         f"{result['line'] or 'it recorded no peak memory'}")
@@ -449,7 +449,7 @@ def run_group(args):
         resolve(run)
     todo = [r for r in runs if r.state != "finished"]
     if todo:
-        launch_packed(todo, runs, visible_gpus(), args.runs_per_gpu, os.path.dirname(args.group))
+        launch_packed(todo, runs, visible_gpus(), args.runs_per_gpu, os.path.splitext(args.group)[0])
     failed = [r for r in todo if r.result.get("rc") != 0]
     for run in failed:  # on stderr: what submitit reports of a failed task
         print(f"failed: {run.name}: {run.result.get('line', 'not run')}", file=sys.stderr)

@@ -169,7 +169,7 @@ def test_probe_then_two_runs_per_gpu(fake_gpu, tmp_path, monkeypatch):
     assert "runs time-slice the GPU without MPS" in out and "launching 4 run(s) on 1 GPU(s) (0), 2 at a time" in out
     assert fake_gpu["most"] == 2 and len(fake_gpu["envs"]) == 5
     assert {env["CUDA_VISIBLE_DEVICES"] for env in fake_gpu["envs"]} == {"0"}
-    assert not (tmp_path / "r" / ".probe").exists()
+    assert not (tmp_path / "r" / ".probe" / "similar" / "kd" / PAIR / "seed_0").exists()
 
 
 def test_k_that_does_not_fit_is_refused_in_one_line(fake_gpu, tmp_path, monkeypatch):
