@@ -1,10 +1,8 @@
 """evaluate.py: the top-1 of the epoch that wrote a checkpoint, from every checkpoint of a run
 folder and from the other formats it reads; each bad input one line, nothing left behind."""
-import io
 import json
 import os
 import re
-import shutil
 
 import numpy as np
 import pytest
