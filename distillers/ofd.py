@@ -4,9 +4,9 @@ Pre-activation maps (`forward(preact=True)`: each stage's output before its last
 of both models; the teacher's n maps are paired in order with the student's last n. Student map
 i -> connector C_i (1x1 conv without bias, then BN) to the teacher's channels; the teacher's map
 adaptive-average-pooled to the student's size: t. Margin m per teacher channel, from the BN
-before that map's ReLU (`get_bn_before_relu`, weight w, bias b, s = |w|): the mean of the
-negative part of N(b, s^2), m = b - s phi(b/s) / Phi(-b/s), or -3 s where Phi(-b/s) <= 0.001;
-computed once at build time, kept as buffers (not trained, saved with the distiller).
+before that map's ReLU (`get_bn_before_relu`, weight w, bias b, s = |w|): the expected negative
+response E[y | y < 0] of y ~ N(b, s^2), m = b - s phi(b/s) / Phi(-b/s), or -3 s where
+Phi(-b/s) <= 0.001; computed once at build time, kept as buffers (not trained, saved).
 Partial L2, with x = C_i(f_s) and t' = max(t, m):
     L_i = 1/B sum over (b, c, h, w) of [x > t' or t > 0] (x - t')^2
 L_method = sum_i L_i / 2^(n - 1 - i) (the deepest pair weight 1, each shallower one half).
@@ -32,6 +32,7 @@ from common.errors import UserError
 
 from .base import Distiller
 
+# what mdistiller's OFD cannot run, by model class (no original to equal): refused, with why
 CANNOT_BE_STUDENT = {
     "models.mobilenetv2.MobileNetV2": "MobileNetV2 has no pre-activation features",
     "models.shufflenetv1.ShuffleNet": "mdistiller's ShuffleV1 has no stage channels to build connectors from",
@@ -49,8 +50,8 @@ def architecture(model):
 
 @torch.no_grad()
 def bn_margin(bn):
-    """Per channel, the mean of the negative part of N(bias, |weight|^2) (-3 |weight| where that
-    part has probability <= 0.001), in float64 then in the BN's dtype; shape (1, C, 1, 1)."""
+    """Per channel, E[y | y < 0] for y ~ N(bias, weight^2) (-3 |weight| where P(y < 0) <= 0.001),
+    computed in float64, kept in the BN's dtype; shape (1, C, 1, 1)."""
     std, mean = bn.weight.double().abs(), bn.bias.double()
     if (std == 0).any():
         raise UserError(f"OFD: the teacher's BN before ReLU ({bn.num_features} channels) has a "
@@ -83,7 +84,8 @@ class OFD(Distiller):
         for model, role, refused in ((student, "student", CANNOT_BE_STUDENT),
                                      (teacher, "teacher", CANNOT_BE_TEACHER)):
             if architecture(model) in refused:
-                raise UserError(f"OFD cannot use this {role}: {refused[architecture(model)]}")
+                raise UserError(f"OFD cannot use this {role}: {refused[architecture(model)]}; "
+                                f"choose another {role}")
         if not hasattr(teacher, "get_bn_before_relu"):
             raise UserError("OFD needs a teacher with get_bn_before_relu (its margins come from "
                             "those BNs): choose another teacher")
