@@ -131,12 +131,12 @@ class JpegLoader:
         if self.train:
             generator = torch.Generator().manual_seed(int(torch.randint(2 ** 62, (1,)).item()))
         with ThreadPoolExecutor(self.readers) as pool:
-            def fetch(batch):
-                return list(pool.map(read_bytes, (self.dataset.paths[i] for i in batch)))
-            pending = pool.submit(fetch, batches[0]) if batches else None
+            def fetch(batch):    # submits the reads now, in the background; list() waits for them
+                return pool.map(read_bytes, [self.dataset.paths[i] for i in batch])
+            pending = fetch(batches[0]) if batches else None
             for b, batch in enumerate(batches):
-                files = pending.result()
-                pending = pool.submit(fetch, batches[b + 1]) if b + 1 < len(batches) else None
+                files = list(pending)
+                pending = fetch(batches[b + 1]) if b + 1 < len(batches) else None
                 yield self._batch(batch, decode(files, self.device), generator)
 
     def _batch(self, batch, images, generator):

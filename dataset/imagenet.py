@@ -39,11 +39,11 @@ def prepare(cfg, root):
 
 def class_folders(root, split):
     path = split_folder(root, split)
+    prepare(None, root)
     try:
         names = sorted(e.name for e in os.scandir(path) if e.is_dir())
-    except OSError:
-        prepare(None, root)
-        raise
+    except OSError as e:
+        raise UserError(f"ImageNet: cannot list {path} ({type(e).__name__}: {e})") from None
     if not names:
         raise UserError(f"ImageNet: {path} holds no class folders (expected {FOLDERS[split]}/<wnid>/*.JPEG)")
     return names
