@@ -12,8 +12,9 @@ Partial L2, with x = C_i(f_s) and t' = max(t, m):
 L_method = sum_i L_i / 2^(n - 1 - i) (the deepest pair weight 1, each shallower one half).
 mdistiller: FEAT_WEIGHT 0.001 (beta), CE weight 1 (gamma), connector kernel 1.
 
-Unlike mdistiller, which switches the teacher to train mode for OFD (batch statistics, its running
-statistics updated, as the OFD authors' code), the teacher stays in eval mode and untouched here.
+As in mdistiller (and the OFD authors' code), the teacher follows the distiller's mode: while
+training it runs in train mode, so its BNs use the batch's statistics and their running
+statistics move (its weights never do: no gradient, no optimizer); `eval()` puts it back.
 
 Refused, where the original cannot run (no figure to equal): a MobileNetV2 on either side (no
 pre-activation features), a ShuffleV1 student (the original has no stage channels for it), a
@@ -102,6 +103,11 @@ class OFD(Distiller):
                                         for f_s, f_t in zip(maps_s, maps_t))
         for i, bn in enumerate(bns):
             self.register_buffer(f"margin{i}", bn_margin(bn))
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.teacher.train(mode)  # the original's: the teacher's BNs on batch statistics
+        return self
 
     @property
     def margins(self):
