@@ -221,7 +221,8 @@ def validate(cfg, script):
         if cfg[key] <= 0:
             raise UserError(f"'{key}' must be positive, got {cfg[key]}")
     for key in ("num_workers", "init_epochs", "weight_decay", "momentum", "lr_decay_rate",
-                "gamma", "alpha", "beta", "w_rs", "w_cs", "synthetic_noise"):
+                "gamma", "alpha", "beta", "w_rs", "w_cs", "synthetic_noise", "warmup_epochs", "dkd_alpha",
+                "dkd_beta"):
         if cfg[key] < 0:
             raise UserError(f"'{key}' must not be negative, got {cfg[key]}")
     if not 0 <= cfg.nce_m < 1:
