@@ -19,7 +19,9 @@ from models import model_dict
 from runs import run_script, weights
 
 # the generated sets have fewer classes than the real ones: the readers warn (asserted where tested)
-pytestmark = pytest.mark.filterwarnings("ignore:.*(classes, not|class folders, not)")
+# torchvision 0.29 announces that its decoders move to TorchCodec: still there, used by gpu_jpeg
+pytestmark = [pytest.mark.filterwarnings("ignore:.*(classes, not|class folders, not)"),
+              pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")]
 
 WNIDS = ["n09999999", "n01443537", "n05555555", "n02000000"]      # wnids.txt order: not sorted
 SORTED = sorted(WNIDS)
@@ -165,6 +167,24 @@ def test_jpeg_loader_on_the_cpu_matches_the_plain_path(roots):
     for k, i in enumerate(index.tolist()):
         expected = pipeline(files.load(i))
         assert (image[k] - expected).abs().mean() < grey and (image[k] - expected).abs().max() <= 4 * grey
+
+
+def test_jpeg_decode_takes_imagenets_odd_files(tmp_path):
+    """ImageNet holds a few grayscale and CMYK JPEGs and a PNG named .JPEG: each decodes to RGB
+    as the plain path's PIL convert('RGB') does (the PNG through PIL)."""
+    from dataset.gpu_jpeg import decode, read_bytes
+    from layouts import ramp
+    rgb = Image.fromarray(ramp(24, 32, 3))
+    pictures = {"grey.JPEG": (rgb.convert("L"), "JPEG"), "cmyk.JPEG": (rgb.convert("CMYK"), "JPEG"),
+                "png.JPEG": (rgb, "PNG"), "rgb.JPEG": (rgb, "JPEG")}
+    for name, (picture, kind) in pictures.items():
+        picture.save(tmp_path / name, kind, **({"quality": 95} if kind == "JPEG" else {}))
+    paths = [str(tmp_path / name) for name in pictures]
+    decoded = decode([read_bytes(p) for p in paths], torch.device("cpu"))
+    for path, image in zip(paths, decoded):
+        expected = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+        assert image.shape == expected.shape == (3, 24, 32), path
+        assert (image.int() - expected.int()).abs().float().mean() < 3, path
 
 
 # --------------------------------------------------------------------------- end to end
