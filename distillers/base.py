@@ -24,6 +24,7 @@ from .functional import hinton_kd
 class Distiller(nn.Module):
     needs_feats = True  # False: the method only needs logits, so skip is_feat=True
     min_batch = 1       # the smallest batch the losses are defined on (2: they compare samples)
+    capturable = True   # False: the step reads the GPU from the host, so cuda_graph cannot hold it
     preact = False      # True: the features before each stage's last ReLU (forward(preact=True))
     teacher_preact = False  # True: the teacher's features are pre-activation even when preact is not
 

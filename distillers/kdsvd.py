@@ -13,7 +13,8 @@ mdistiller's KDSVD differs: it decomposes each map as the (C*H) x W matrix (righ
 vectors over the width, not the channels), in float32, on mdistiller's feats[1:] (the same
 post-ReLU stage outputs).
 
-Refused: pairs whose channel counts differ at any map of feats[1:-1] (the cosines compare
+Refused: `cuda_graph` (the SVD's convergence check reads the GPU from the host); pairs whose
+channel counts differ at any map of feats[1:-1] (the cosines compare
 channel vectors), and fewer than 2 paired maps (no consecutive pair: no loss). Defined for
 every batch size (per-sample decompositions).
 """
@@ -25,6 +26,7 @@ from .functional import kdsvd_loss
 
 class KDSVD(Distiller):
     k = 1  # teacher singular vectors per map (the original's default)
+    capturable = False  # a batched SVD on CUDA checks its convergence on the host
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)

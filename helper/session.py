@@ -14,9 +14,13 @@ from .run import RunFolder
 from .trainer import Trainer, pick_device, seed_everything
 
 
-def check_min_batch(cfg, world_size):
-    """A method whose losses compare samples needs at least that many in each rank's batch."""
+def check_method(cfg, world_size):
+    """What the method asks of the run: a batch (per rank) of at least `min_batch` samples, and
+    a step that a CUDA graph can hold when cuda_graph is on."""
     from distillers import METHODS
+    if cfg.cuda_graph and not METHODS[cfg.distill].capturable:
+        raise UserError(f"method '{cfg.distill}' reads the GPU from the host during its step, which "
+                        f"a CUDA graph cannot hold: set cuda_graph false")
     need, per_rank = METHODS[cfg.distill].min_batch, cfg.batch_size // world_size
     if per_rank < need:
         where = f" per process ({world_size} processes)" if world_size > 1 else ""
@@ -31,7 +35,7 @@ class Session:
         self.ctx = ctx = distributed.init(cfg.device)
         distributed.check_batch(cfg.batch_size, ctx)
         if script == "student":
-            check_min_batch(cfg, ctx.world_size)
+            check_method(cfg, ctx.world_size)
         self.device = pick_device(cfg.device)
         if ctx.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", ctx.local_rank)

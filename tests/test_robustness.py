@@ -11,7 +11,7 @@ import torch
 
 import distillers.rkd
 from dataset.synthetic import write_synthetic_cifar100
-from helper.session import check_min_batch
+from helper.session import check_method
 from models import model_dict
 from runs import assert_same_weights, run_script, start_script, tiny_config, weights
 
@@ -78,13 +78,15 @@ def test_configs_whose_loss_is_undefined_are_refused(extra, expected, data_33, t
 
 
 def test_the_minimum_batch_is_per_process():
-    cfg = dict(distill="rkd", batch_size=2)
+    cfg = dict(distill="rkd", batch_size=2, cuda_graph=False)
 
     class Cfg(dict):
         __getattr__ = dict.__getitem__
-    check_min_batch(Cfg(cfg), 1)
+    check_method(Cfg(cfg), 1)
     with pytest.raises(Exception, match=r"per process \(2 processes\).*set batch_size 4 or more"):
-        check_min_batch(Cfg(cfg), 2)
+        check_method(Cfg(cfg), 2)
+    with pytest.raises(Exception, match="method 'kdsvd' reads the GPU from the host.*set cuda_graph false"):
+        check_method(Cfg(cfg, distill="kdsvd", cuda_graph=True), 1)
 
 
 class OneByOne(torch.nn.Module):
