@@ -15,11 +15,20 @@ def parse_args(description, example):
     return parser.parse_args()
 
 
+def one_line(error):
+    """A UserError's message. One raised in a DataLoader worker (an unreadable image) arrives
+    wrapped in the worker's traceback: its message is then the last line's."""
+    text = str(error)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 def run_main(main):
     """Call `main()`; a UserError becomes `error: ...` on stderr and a non-zero exit."""
     warnings.formatwarning = lambda message, category, *args, **kw: f"warning: {message}\n"
     try:
         main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         sys.exit(getattr(e, "exit_code", 2))

@@ -277,6 +277,15 @@ def test_bad_data_is_one_line(case, roots, tmp_path, write_cfg):
     assert not run.exists()
 
 
+def test_an_unreadable_image_in_a_loader_worker_is_one_line(tmp_path, write_cfg):
+    root = write_image_folder(str(tmp_path / "data"), ["n01", "n02"], 2, 1, 20, 20)
+    (tmp_path / "data" / "train" / "n01" / "n01_1.JPEG").write_bytes(b"not a JPEG")
+    code, out, err = run_script("train_teacher.py", write_cfg(run_cfg(
+        "imagenet", root, tmp_path / "run", model="MobileNetV1", batch_size=2, num_workers=1)))
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, out + err
+    assert err.startswith("error: cannot read image ") and "n01_1.JPEG" in err
+
+
 def test_teacher_of_another_class_count_is_one_line(roots, tmp_path, write_cfg):
     path = tmp_path / "resnet8_cifar100.pth"
     torch.save({"model": model_dict["resnet8"](num_classes=100).state_dict()}, path)
