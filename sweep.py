@@ -343,7 +343,8 @@ def launch_packed(todo, runs, gpus, k, scratch):
     """--runs-per-gpu K on this machine: K runs per GPU under MPS, or K CPU runs at once with the
     cores divided. `scratch`: where the memory probe and MPS's pipes go."""
     if not gpus:
-        env = {} if "OMP_NUM_THREADS" in os.environ else {"OMP_NUM_THREADS": str(packing.cpu_threads(k))}
+        threads = packing.cpu_threads(k)
+        env = {} if "OMP_NUM_THREADS" in os.environ else {"OMP_NUM_THREADS": str(threads)}
         launch_local(todo, gpus, k, env)
         return
     check_packing(runs, todo, gpus, k, scratch)
