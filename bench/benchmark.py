@@ -572,8 +572,10 @@ UNMEASURED_PACKING = """## Packing on a GPU: unmeasured
 
 No GPU was lent to the session that wrote the packing mode: **the GPU packing figures
 (`sweep.py --runs-per-gpu K`: aggregate images/s of K = 1, 2, 4, 8 ASKD runs on one GPU, and the
-projected wall time of the paper's tables on 1 and 8 GPUs) are unmeasured.** Measure them with
-`python bench/benchmark.py --device cuda --packing 1,2,4,8` (part of `bash bench/gpu_checks.sh`).
+projected wall time of the paper's tables on 1 and 8 GPUs) are unmeasured**, and so is the share
+of a GPU epoch that its evaluation takes. Measure them with
+`python bench/benchmark.py --device cuda --packing 1,2,4,8` and `python bench/eval_cost.py --device cuda`
+(both part of `bash bench/gpu_checks.sh`).
 """
 
 UNMEASURED_GPU = """## GPU: unmeasured

@@ -7,9 +7,11 @@ bf16 and channels_last), measured in one process, blocks interleaved.
 
 A CPU measures a slice and scales it: `steps` training steps to the 781 steps of an epoch,
 `test_images` test images to 10000 (evaluation is per image: batches of 256, no state).
-Prints a markdown table; BENCHMARKS.md holds what was measured.
+Prints a markdown table and writes it as this device's evaluation section of BENCHMARKS.md
+(unless --no-write).
 """
 import argparse
+import datetime
 import os
 import shutil
 import statistics
@@ -21,7 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from benchmark import CASES, MODES, TRAIN_SIZE, build_case, device_name, forever, run_steps, sync  # noqa: E402
+from benchmark import (CASES, MODES, TRAIN_SIZE, build_case, device_name, forever, run_steps, sync,  # noqa: E402
+                       write_markdown)
 from dataset.device_loader import build_fast_loaders  # noqa: E402
 from dataset.synthetic import write_synthetic_cifar100  # noqa: E402
 from helper.trainer import evaluate  # noqa: E402
@@ -39,6 +42,7 @@ def main():
     parser.add_argument("--test-images", type=int, default=None, help="test images evaluated per block "
                         "(default: 500 on a CPU, 10000 on CUDA)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved blocks; the median is reported")
+    parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
     args = parser.parse_args()
     device = torch.device(args.device)
     cpu = device.type == "cpu"
@@ -72,13 +76,21 @@ def main():
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     epoch, evaluation = statistics.median(train), statistics.median(test)
-    print(f"{device_name(device)}, torch {torch.__version__}, load {'%.1f/%.1f/%.1f' % os.getloadavg()}")
-    print(f"python bench/eval_cost.py {' '.join(sys.argv[1:])}: {steps} steps scaled to {epoch_steps}, "
-          f"{test_images} test images scaled to {TEST_SIZE}, median of {args.repeats} interleaved blocks")
-    print(f"\n| ({MODES[mode][2]}, {MODES[mode][1]}) | seconds | share of an epoch with evaluation |\n|---|---:|---:|")
-    print(f"| training epoch: {CASE[4]}, {epoch_steps} steps of 64 | {epoch:.2f} | {epoch / (epoch + evaluation):.0%} |")
-    print(f"| evaluate(): resnet8x4 on {TEST_SIZE} test images, batches of 256 | {evaluation:.2f} | "
-          f"{evaluation / (epoch + evaluation):.0%} |")
+    name = device_name(device)
+    text = "\n".join([
+        f"## Evaluation against training on {device.type.upper()}: {name}", "",
+        f"- measured {datetime.datetime.now():%Y-%m-%d %H:%M}, torch {torch.__version__}; load average after "
+        f"{'%.1f/%.1f/%.1f' % os.getloadavg()}",
+        f"- command: `python bench/eval_cost.py {' '.join(sys.argv[1:])}`: {steps} training steps scaled to the "
+        f"{epoch_steps} of an epoch, {test_images} test images scaled to {TEST_SIZE}, median of {args.repeats} "
+        f"interleaved blocks", "",
+        f"| ({MODES[mode][2]}, {MODES[mode][1]}) | seconds | share of an epoch with evaluation |", "|---|---:|---:|",
+        f"| training epoch: {CASE[4]}, {epoch_steps} steps of 64 | {epoch:.2f} | {epoch / (epoch + evaluation):.0%} |",
+        f"| evaluate(): resnet8x4 on {TEST_SIZE} test images, batches of 256 | {evaluation:.2f} | "
+        f"{evaluation / (epoch + evaluation):.0%} |"]) + "\n"
+    print(text)
+    if not args.no_write:
+        write_markdown(f"eval-{device.type}:{name.split(' (')[0]}", text)
 
 
 if __name__ == "__main__":
