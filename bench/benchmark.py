@@ -48,6 +48,7 @@ import ctypes
 import datetime
 import gc
 import multiprocessing
+import queue
 import os
 import platform
 import re
@@ -353,17 +354,18 @@ def measure_packing(k, device, data_dir, args):
     got = []
     try:
         while len(got) < k:
-            if not any(w.is_alive() for w in workers) and results.empty():
-                raise RuntimeError(f"a packed run died (exit codes {[w.exitcode for w in workers]})")
+            failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            if failed:  # the others would wait at the barrier for ever
+                raise RuntimeError(f"a packed run failed (exit code {failed[0]}; its traceback is above)")
             try:
                 got.append(results.get(timeout=5))
-            except Exception:  # noqa: BLE001 -- queue.Empty: look again whether the workers live
+            except queue.Empty:
                 continue
     finally:
         for w in workers:
-            w.join(timeout=60)
-            if w.is_alive():
+            if len(got) < k:
                 w.terminate()
+            w.join()
     images = sum(n for n, *_ in got)
     window = max(end for _, _, end, _ in got) - min(start for _, start, _, _ in got)
     peaks = [p for *_, p in got if p is not None]
@@ -388,7 +390,12 @@ def bench_packing(device, args, data_dir):
             args.mps_note = f"MPS: {mps.note}"
         for k in args.packing:
             t0 = time.time()
-            aggregate, each, peak = measure_packing(k, device, data_dir, args)
+            try:
+                aggregate, each, peak = measure_packing(k, device, data_dir, args)
+            except RuntimeError as error:   # out of memory, say: keep the smaller K's figures
+                print(f"packing K={k}: {error}", flush=True)
+                rows.append((k, None, [], None))
+                break
             rows.append((k, aggregate, each, peak))
             print(f"packing K={k}: {aggregate:,.1f} images/s together (each {', '.join(f'{r:.1f}' for r in each)}), "
                   f"peak {peak or 0:,.0f} MiB a run [{time.time() - t0:.0f} s]", flush=True)
@@ -422,6 +429,9 @@ def packing_section(device, args, command, rows):
             "| the tables on 1 device | on 8 devices |",
             "|---:|---:|---:|---:|---:|---:|---:|"]
     for k, aggregate, each, peak in rows:
+        if aggregate is None:
+            out.append(f"| {k} | failed (see the command's output) | | | | | |")
+            continue
         versus = f"{aggregate / base:.2f}x" if base else "-"
         wall = [images / (aggregate * devices) / 3600 for devices in (1, 8)]
         out.append(f"| {k} | {aggregate:,.1f} | {versus} | {statistics.fmean(each):,.1f} | "
