@@ -18,10 +18,9 @@ def main():
     accuracy = evaluate(teacher, session.test_loader, session.device)
     session.log(f"teacher {cfg.model_t} from {cfg.path_t}: test top-1 {accuracy['top1']:.2f} "
                 f"top-5 {accuracy['top5']:.2f}")
-    if cfg.dataset == "cifar100":
-        warning = check_teacher_accuracy(cfg.model_t, accuracy["top1"])
-        if warning:
-            session.log(warning)
+    warning = check_teacher_accuracy(cfg.model_t, accuracy["top1"], dataset=cfg.dataset)
+    if warning:
+        session.log(warning)
     student = session.build_model(cfg.model_s)
     session.train(student, teacher)
 
