@@ -1,4 +1,4 @@
-"""Distil a teacher of the zoo into a student with one of the nine methods.
+"""Distil a teacher of the zoo into a student with any of the methods (`distill`).
 
     python train_student.py -cfg configs/kds/ours/res32x4_shufflenetv2.yaml [KEY VALUE ...]
 """
