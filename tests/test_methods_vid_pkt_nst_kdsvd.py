@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from common.errors import UserError
 from distillers import METHODS, build
 from helper.config import get_cfg_defaults, load_config
-from helper.session import check_min_batch
+from helper.session import check_method
 from helper.trainer import Trainer
 from models import model_dict
 from tests.deterministic import fill_deterministic, fixed_input
@@ -186,7 +186,7 @@ class Maps(nn.Module):
 def test_pkt_needs_two_samples():
     assert METHODS["pkt"].min_batch == 2
     with pytest.raises(UserError, match="method 'pkt' compares the samples.*set batch_size 2 or more"):
-        check_min_batch(make_cfg("pkt", batch_size=1), 1)
+        check_method(make_cfg("pkt", batch_size=1), 1)
 
 
 def test_kdsvd_refuses_unequal_channels_and_a_single_map():
