@@ -37,9 +37,11 @@ from .base import Distiller
 CANNOT_BE_STUDENT = {
     "models.mobilenetv2.MobileNetV2": "MobileNetV2 has no pre-activation features",
     "models.shufflenetv1.ShuffleNet": "mdistiller's ShuffleV1 has no stage channels to build connectors from",
+    "models.mobilenetv2_tiny.MobileNetV2Tiny": "MobileNetV2_tiny has no pre-activation features",
 }
 CANNOT_BE_TEACHER = {
     "models.mobilenetv2.MobileNetV2": "MobileNetV2 has no pre-activation features",
+    "models.mobilenetv2_tiny.MobileNetV2Tiny": "MobileNetV2_tiny has no pre-activation features",
     "models.resnetv2.ResNet": "mdistiller's ResNet18/34/50 stage channels skip the first stage, "
                               "so its connectors and margins miss the maps",
 }

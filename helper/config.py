@@ -264,7 +264,7 @@ def validate(cfg, script):
             raise UserError("config key 'path_t' is required: the teacher checkpoint "
                             "(python fetch_teachers.py downloads the paper's teachers)")
     trained = cfg.model if script == "teacher" else cfg.model_s
-    if trained in LOW_LR_MODELS and cfg.learning_rate != 0.01:
+    if trained in LOW_LR_MODELS and cfg.dataset == "cifar100" and cfg.learning_rate != 0.01:
         warnings.warn(f"{trained} is trained at learning_rate 0.01 in the paper's protocol; "
                       f"this run uses {cfg.learning_rate}", stacklevel=2)
 

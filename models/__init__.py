@@ -1,14 +1,16 @@
-"""The CIFAR-100 model zoo of the CRD repository (HobbitLong/RepDistiller, models/), and the
-ImageNet models (torchvision's ResNet18/34/50, mdistiller's MobileNetV1), by name.
+"""The CIFAR-100 model zoo of the CRD repository (HobbitLong/RepDistiller, models/), mdistiller's
+Tiny-ImageNet MobileNetV2 (`MobileNetV2_tiny`), and the ImageNet models (torchvision's
+ResNet18/34/50, mdistiller's MobileNetV1), by name.
 
 Every constructor takes `num_classes` (default 100; 1000 for the ImageNet models); every model's
 `forward(x, is_feat=False, preact=False)` returns the logits, or `(feats, logits)` with
 `is_feat=True`, and the state-dict keys are those of the original so its released teacher
 checkpoints load with `strict=True` (torchvision's IMAGENET1K_V1 weights for the ImageNet
-ResNets). The ImageNet models carry `input_size = 224`.
+ResNets). The ImageNet models carry `input_size = 224`, MobileNetV2_tiny `input_size = 64`.
 """
 from .mobilenetv1 import MobileNetV1
 from .mobilenetv2 import mobile_half
+from .mobilenetv2_tiny import MobileNetV2_tiny
 from .resnet import resnet8, resnet8x4, resnet14, resnet20, resnet32, resnet32x4, resnet44, resnet56, resnet110
 from .resnet_imagenet import resnet18_imagenet, resnet34_imagenet, resnet50_imagenet
 from .resnetv2 import ResNet18, ResNet34, ResNet50
@@ -40,6 +42,7 @@ model_dict = {
     "vgg16": vgg16,
     "vgg19": vgg19,
     "MobileNetV2": mobile_half,
+    "MobileNetV2_tiny": MobileNetV2_tiny,
     "ShuffleV1": ShuffleV1,
     "ShuffleV2": ShuffleV2,
     "resnet18_imagenet": resnet18_imagenet,

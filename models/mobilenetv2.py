@@ -7,22 +7,17 @@ a linear classifier. The architecture has no pre-ReLU features: `preact` is acce
 """
 import torch.nn as nn
 
-from .util import init_weights
+from .util import conv_bn_act, init_weights
 
 
-def conv_bn(inp, oup, stride):
+def inverted_residual(inp, oup, stride, expand_ratio, bias=False, act=nn.ReLU):
+    """The layers of an inverted residual block: 1x1 expansion, 3x3 depthwise conv (`stride`),
+    1x1 linear projection, each followed by BatchNorm (indices 0..7 of one Sequential)."""
+    hidden = inp * expand_ratio
     return nn.Sequential(
-        nn.Conv2d(inp, oup, kernel_size=3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(oup),
-        nn.ReLU(inplace=True),
-    )
-
-
-def conv_1x1_bn(inp, oup):
-    return nn.Sequential(
-        nn.Conv2d(inp, oup, kernel_size=1, stride=1, padding=0, bias=False),
-        nn.BatchNorm2d(oup),
-        nn.ReLU(inplace=True),
+        *conv_bn_act(inp, hidden, 1, bias=bias, act=act),
+        *conv_bn_act(hidden, hidden, 3, stride, padding=1, groups=hidden, bias=bias, act=act),
+        *conv_bn_act(hidden, oup, 1, bias=bias, act=None),
     )
 
 
@@ -30,18 +25,8 @@ class InvertedResidual(nn.Module):
     def __init__(self, inp, oup, stride, expand_ratio):
         super().__init__()
         assert stride in (1, 2)
-        hidden = inp * expand_ratio
         self.use_res_connect = stride == 1 and inp == oup
-        self.conv = nn.Sequential(
-            nn.Conv2d(inp, hidden, kernel_size=1, stride=1, padding=0, bias=False),  # pointwise
-            nn.BatchNorm2d(hidden),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden, kernel_size=3, stride=stride, padding=1, groups=hidden, bias=False),
-            nn.BatchNorm2d(hidden),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, oup, kernel_size=1, stride=1, padding=0, bias=False),  # linear
-            nn.BatchNorm2d(oup),
-        )
+        self.conv = inverted_residual(inp, oup, stride, expand_ratio)
 
     def forward(self, x):
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
@@ -55,7 +40,7 @@ class MobileNetV2(nn.Module):
         super().__init__()
         assert input_size % 32 == 0
         input_channel = int(32 * width_mult)
-        self.conv1 = conv_bn(3, input_channel, 2)
+        self.conv1 = nn.Sequential(*conv_bn_act(3, input_channel, 3, stride=2, padding=1))
         self.blocks = nn.ModuleList()
         for i, (c, n, s) in enumerate(self.SETTING):
             output_channel = int(c * width_mult)
@@ -65,7 +50,7 @@ class MobileNetV2(nn.Module):
                 input_channel = output_channel
             self.blocks.append(nn.Sequential(*layers))
         self.last_channel = int(1280 * width_mult) if width_mult > 1.0 else 1280
-        self.conv2 = conv_1x1_bn(input_channel, self.last_channel)
+        self.conv2 = nn.Sequential(*conv_bn_act(input_channel, self.last_channel, 1))
         self.avgpool = nn.AvgPool2d(input_size // 16, ceil_mode=True)
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
 

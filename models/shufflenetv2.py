@@ -5,6 +5,9 @@ Ma et al., "ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture D
 models/ShuffleNetv2.py, after kuangliu/pytorch-cifar): a 1x1 stem, a two-branch down-sampling
 unit opening each stage, channel-split basic units, and a channel shuffle after every unit. The
 "preact" feature of a stage is its last unit's concatenation before the ReLU and the shuffle.
+The average pool covers the whole final map (the original: a 4x4 pool, the same operation at
+32x32), so that the model also takes Tiny-ImageNet's 64x64 images (mdistiller's ResNet18 ->
+ShuffleV2 pair, which its own code cannot run at 64x64).
 """
 import torch
 import torch.nn as nn
@@ -87,7 +90,8 @@ class ShuffleNetV2(nn.Module):
     def forward(self, x, is_feat=False, preact=False):
         f0 = F.relu(self.bn1(self.conv1(x)))
         x, feats, preacts = run_stages(f0, (self.layer1, self.layer2, self.layer3))
-        pooled = F.avg_pool2d(F.relu(self.bn2(self.conv2(x))), 4).flatten(1)
+        x = F.relu(self.bn2(self.conv2(x)))
+        pooled = F.avg_pool2d(x, x.shape[2:]).flatten(1)  # global; the original's 4x4 pool at 32x32
         return zoo_output(self.linear(pooled), [f0, *feats, pooled], [f0, *preacts, pooled], is_feat, preact)
 
 

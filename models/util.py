@@ -22,6 +22,12 @@ def init_weights(model, linear_std=None, zero_linear_bias=False):
                 nn.init.zeros_(m.bias)
 
 
+def conv_bn_act(inp, oup, kernel_size, stride=1, padding=0, groups=1, bias=False, act=nn.ReLU):
+    """[conv, BatchNorm, act] as a list of layers (no activation when `act` is None)."""
+    layers = [nn.Conv2d(inp, oup, kernel_size, stride, padding, groups=groups, bias=bias), nn.BatchNorm2d(oup)]
+    return layers + [act(inplace=True)] if act else layers
+
+
 class ShuffleBlock(nn.Module):
     """Zhang et al., "ShuffleNet" (CVPR 2018): [N, g*c, H, W] -> [N, c*g, H, W], the channels
     of the g groups interleaved. No parameters."""

@@ -28,7 +28,8 @@ def load_reference(name):
 
 def test_model_dict_names():
     imagenet = ["resnet18_imagenet", "resnet34_imagenet", "resnet50_imagenet", "MobileNetV1"]  # tests/test_imagenet_models.py
-    assert sorted(model_dict) == sorted(NAMES + imagenet)
+    tiny = ["MobileNetV2_tiny"]  # tests/test_tiny_imagenet.py
+    assert sorted(model_dict) == sorted(NAMES + imagenet + tiny)
 
 
 @pytest.fixture(scope="module", params=NAMES)
