@@ -176,7 +176,8 @@ def test_third_table_other_methods_published_and_run(tmp_path):
     make_run(tmp_path / "vid", "kds/kd/res50_vgg8.yaml", [71.0])
     make_run(tmp_path / "ab", "kds/kd/res110_res20.yaml", [69.0])
     make_run(tmp_path / "pkt_dot", KD, [1.0], extra=("optimizer", "dot"))
-    for name, distill in (("vid", "vid"), ("ab", "abound"), ("pkt_dot", "pkt")):   # not registered yet
+    make_run(tmp_path / "ofd", "kds/kd/res32x4_shufflenetv1.yaml", [77.5])
+    for name, distill in (("vid", "vid"), ("ab", "abound"), ("pkt_dot", "pkt"), ("ofd", "ofd")):
         config = tmp_path / name / "config.yaml"
         text = config.read_text()
         assert 'distill: "kd"' in text
@@ -196,7 +197,8 @@ def test_third_table_other_methods_published_and_run(tmp_path):
     assert rows["NST [crd]"][5] == "paper 58.16" and rows["FT [crd]"][10] == "paper 72.03"
     assert "- [crd] Tian et al., Contrastive Representation Distillation" in part
     assert "method 'pkt' with optimizer dot is not a row of the tables" in out
-    assert "5 found, 4 finished and averaged" in out
+    assert rows["OFD [none]"][8] == "77.50 (n=1); paper N/A" and rows["OFD [none]"][0] == "N/A"
+    assert "6 found, 5 finished and averaged" in out
 
 
 def test_empty_root_gives_the_paper_tables(tmp_path):
