@@ -63,7 +63,7 @@ def run_config(checkpoint, cfg_path=None, overrides=(), model=None, dataset_name
 
 
 def _classes(weights):
-    classifier = [v for v in weights.values() if v.dim() == 2]
+    classifier = [v for v in weights.values() if v.dim() >= 2]   # linear, or MobileNetV2_tiny's 1x1 conv
     return classifier[-1].shape[0] if classifier else None
 
 

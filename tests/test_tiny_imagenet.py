@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import distillers
+import evaluate
 from common.errors import UserError
 from helper.config import load_config
 from layouts import write_tiny_imagenet
 from models import model_dict
-from runs import run_script
+from runs import call_cli, run_script, weights
 from tests.deterministic import fill_deterministic
 
 REFERENCE = Path(__file__).parent / "reference" / "zoo" / "MobileNetV2_tiny_mdistiller.json"
@@ -127,7 +128,8 @@ def test_every_method_that_builds_on_the_pair_has_a_file(pair, models):
 @pytest.mark.filterwarnings("ignore:.*classes, not 200")
 def test_readme_commands_train_two_steps(tmp_path, write_cfg):
     """train_vanilla/ResNet18.yaml, then r18_mv2/kd_dot.yaml with that teacher: one epoch of two
-    steps each (8 training images of 4 classes, batch 4) on a generated tiny-imagenet-200 tree."""
+    steps each (8 training images of 4 classes, batch 4) on a generated tiny-imagenet-200 tree;
+    then evaluate.py on the student's bare state dict tells model and data set from its keys."""
     data = str(tmp_path / "data")
     write_tiny_imagenet(data, ["n01443537", "n01629819", "n01641577", "n01644900"], train_per_class=2)
     small = ["data_dir", data, "batch_size", 4, "epochs", 1, "lr_decay_epochs", 1, "num_workers", 0,
@@ -141,4 +143,9 @@ def test_readme_commands_train_two_steps(tmp_path, write_cfg):
     assert code == 0, out + err
     log = (tmp_path / "student" / "log.txt").read_text()
     assert "epoch 1 " in log and " train_kd " in log
-    assert (tmp_path / "student" / "MobileNetV2_tiny_last.pth").is_file()
+    bare = tmp_path / "bare.pth"
+    torch.save(weights(str(tmp_path / "student" / "MobileNetV2_tiny_last.pth")), bare)
+    code, out = call_cli(evaluate, [str(bare), "data_dir", data, "num_workers", "0", "--json", "--device", "cpu"])
+    assert code == 0, out
+    result = json.loads(out[out.index("{"):])
+    assert (result["model"], result["dataset"], result["images"]) == ("MobileNetV2_tiny", "tiny_imagenet", 4)
