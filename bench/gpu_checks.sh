@@ -2,6 +2,7 @@
 # Everything that needs a GPU, in one go (a borrowed GPU's time is short), from the repository
 # root:  bash bench/gpu_checks.sh [LOG_FOLDER]
 #   1. bench/check_cuda.py: the CUDA step against the CPU step, the CUDA graph against eager;
+#      bench/profile_step.py: where the ASKD step's time goes (parts and kernel table);
 #   2. the quick start on CUDA through the scripts: fast + bf16 + CUDA graph (the teacher
 #      stopped after 3 epochs and resumed to 4), ASKD and CRD students, the plain path;
 #   3. sweep.py --runs-per-gpu 2 (the memory probe, MPS, two runs at once), then
@@ -32,6 +33,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,n
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 
 TAIL=12 step check 240 python3 bench/check_cuda.py
+TAIL=45 step profile 180 python3 bench/profile_step.py --device cuda --case askd_resnet8x4 --steps 20
 
 data=(dataset synthetic data_dir "$work/data")
 fast=(device cuda fast True amp bf16 cuda_graph True tensorboard True)
