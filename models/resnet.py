@@ -8,7 +8,7 @@ shape changes, and the pre-ReLU output of each stage's last block as its "preact
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .util import init_weights, run_stages, zoo_output
+from .util import init_weights, residual_stage, run_stages, zoo_output
 
 
 def conv3x3(in_planes, out_planes, stride=1):
@@ -55,18 +55,8 @@ class ResNet(nn.Module):
         init_weights(self)
 
     def _make_layer(self, planes, blocks, stride=1):
-        out_planes = planes * BasicBlock.expansion
-        downsample = None
-        if stride != 1 or self.inplanes != out_planes:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, out_planes, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_planes),
-            )
-        layers = [BasicBlock(self.inplanes, planes, stride, downsample, is_last=blocks == 1)]
-        self.inplanes = out_planes
-        for i in range(1, blocks):
-            layers.append(BasicBlock(self.inplanes, planes, is_last=i == blocks - 1))
-        return nn.Sequential(*layers)
+        stage, self.inplanes = residual_stage(BasicBlock, self.inplanes, planes, blocks, stride)
+        return stage
 
     def get_feat_modules(self):
         return nn.ModuleList([self.conv1, self.bn1, self.relu, self.layer1, self.layer2, self.layer3])

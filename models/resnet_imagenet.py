@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .resnet import BasicBlock
-from .util import init_weights, run_stages, zoo_output
+from .util import init_weights, last_bns, residual_stage, run_stages, zoo_output
 
 
 class Bottleneck(nn.Module):
@@ -63,26 +63,15 @@ class ResNetImageNet(nn.Module):
         init_weights(self)  # torchvision's initialisation (zero_init_residual off)
 
     def _make_layer(self, block, planes, blocks, stride=1):
-        out_planes = planes * block.expansion
-        downsample = None
-        if stride != 1 or self.inplanes != out_planes:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, out_planes, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_planes),
-            )
-        layers = [block(self.inplanes, planes, stride, downsample, is_last=blocks == 1)]
-        self.inplanes = out_planes
-        for i in range(1, blocks):
-            layers.append(block(self.inplanes, planes, is_last=i == blocks - 1))
-        return nn.Sequential(*layers)
+        stage, self.inplanes = residual_stage(block, self.inplanes, planes, blocks, stride)
+        return stage
 
     def get_feat_modules(self):
         return nn.ModuleList([self.conv1, self.bn1, self.relu, self.maxpool,
                               self.layer1, self.layer2, self.layer3, self.layer4])
 
     def get_bn_before_relu(self):
-        last = "bn3" if isinstance(self.layer1[0], Bottleneck) else "bn2"
-        return [getattr(layer[-1], last) for layer in (self.layer1, self.layer2, self.layer3, self.layer4)]
+        return last_bns((self.layer1, self.layer2, self.layer3, self.layer4))
 
     def forward(self, x, is_feat=False, preact=False):
         stem = self.bn1(self.conv1(x))

@@ -8,7 +8,7 @@ bottleneck blocks with 1x1 conv + BN projection shortcuts, adaptive average pool
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .util import init_weights, run_stages, zoo_output
+from .util import init_weights, last_bns, run_stages, zoo_output
 
 
 def _shortcut(in_planes, out_planes, stride):
@@ -87,8 +87,7 @@ class ResNet(nn.Module):
         return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3, self.layer4])
 
     def get_bn_before_relu(self):
-        last = "bn3" if isinstance(self.layer1[0], Bottleneck) else "bn2"
-        return [getattr(layer[-1], last) for layer in (self.layer1, self.layer2, self.layer3, self.layer4)]
+        return last_bns((self.layer1, self.layer2, self.layer3, self.layer4))
 
     def forward(self, x, is_feat=False, preact=False):
         f0 = F.relu(self.bn1(self.conv1(x)))

@@ -28,6 +28,25 @@ def conv_bn_act(inp, oup, kernel_size, stride=1, padding=0, groups=1, bias=False
     return layers + [act(inplace=True)] if act else layers
 
 
+def residual_stage(block, inplanes, planes, blocks, stride=1):
+    """`blocks` residual blocks of width `planes` (torchvision's `_make_layer`): the first
+    strided, with a 1x1 conv + BN `downsample` shortcut where the shape changes; the last one
+    also returns its output before the final ReLU. Returns (the stage, its output channels)."""
+    out_planes = planes * block.expansion
+    downsample = None
+    if stride != 1 or inplanes != out_planes:
+        downsample = nn.Sequential(nn.Conv2d(inplanes, out_planes, kernel_size=1, stride=stride, bias=False),
+                                   nn.BatchNorm2d(out_planes))
+    layers = [block(inplanes, planes, stride, downsample, is_last=blocks == 1)]
+    layers += [block(out_planes, planes, is_last=i == blocks - 1) for i in range(1, blocks)]
+    return nn.Sequential(*layers), out_planes
+
+
+def last_bns(stages):
+    """The BN before the final ReLU of each stage's last block (bn3 of a bottleneck, else bn2)."""
+    return [stage[-1].bn3 if hasattr(stage[-1], "bn3") else stage[-1].bn2 for stage in stages]
+
+
 class ShuffleBlock(nn.Module):
     """Zhang et al., "ShuffleNet" (CVPR 2018): [N, g*c, H, W] -> [N, c*g, H, W], the channels
     of the g groups interleaved. No parameters."""

@@ -35,3 +35,13 @@ def write_cfg(tmp_path):
         path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
         return str(path)
     return write
+
+
+@pytest.fixture(scope="session")
+def teacher_file(tmp_path_factory):
+    """A resnet14 teacher checkpoint with seeded random weights (CRD's format)."""
+    from models import model_dict
+    path = tmp_path_factory.mktemp("teacher") / "resnet14.pth"
+    torch.manual_seed(0)
+    torch.save({"model": model_dict["resnet14"](num_classes=100).state_dict()}, path)
+    return str(path)

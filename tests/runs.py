@@ -67,3 +67,13 @@ def assert_same_weights(a, b):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def make_cfg(distill, **overrides):
+    """An unfrozen config of method `distill`: the defaults with `overrides` set (no file)."""
+    from helper.config import get_cfg_defaults
+    cfg = get_cfg_defaults()
+    cfg.distill = distill
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg

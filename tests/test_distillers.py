@@ -13,21 +13,13 @@ import distillers
 from distillers import build, distiller_names
 from distillers.functional import (correlation_loss, distance_structure_loss, fsp_loss, hinton_kd,
                                    region_structure_loss)
-from helper.config import get_cfg_defaults
 from common.errors import UserError
 from models import model_dict
+from runs import make_cfg
 from tests.deterministic import fill_deterministic, fixed_input
 
 REF = json.load(open(os.path.join(os.path.dirname(__file__), "reference", "losses.json")))
 CLOSE = dict(rel=1e-6, abs=0)
-
-
-def make_cfg(distill, **overrides):
-    cfg = get_cfg_defaults()
-    cfg.distill = distill
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
 
 
 # -- the reference figures: float64, deterministic weights, teacher eval, student train ------

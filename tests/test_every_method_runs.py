@@ -22,14 +22,6 @@ def shipped(method):
     return os.path.join(ROOT, "configs", "kds", method, PAIR)
 
 
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "resnet14.pth"
-    torch.manual_seed(0)
-    torch.save({"model": model_dict["resnet14"](num_classes=100).state_dict()}, path)
-    return str(path)
-
-
 def overrides(synthetic_dir, folder, teacher_file, epochs):
     small = tiny_config(synthetic_dir, str(folder), model_s="resnet8", model_t="resnet14", path_t=teacher_file,
                         synthetic_train_size=600, synthetic_test_size=200, batch_size=64, epochs=epochs,

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, SequentialSampler, TensorDataset
 
 from common.errors import UserError
 from distillers import AB, FT, METHODS, build
-from helper.config import get_cfg_defaults
 from helper.trainer import Trainer
+import runs
 from models import model_dict
 from tests.deterministic import fill_deterministic, fixed_input
 
@@ -29,11 +29,7 @@ IDS = [f"{c['teacher']}-{c['student']}" for c in CASES]
 
 
 def make_cfg(distill, model_s="resnet8", **overrides):
-    cfg = get_cfg_defaults()
-    cfg.distill, cfg.model_s = distill, model_s
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
+    return runs.make_cfg(distill, model_s=model_s, **overrides)
 
 
 def filled(name):

@@ -12,10 +12,11 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 import dataset
 from common.errors import UserError
 from distillers import build
-from helper.config import get_cfg_defaults, load_config
+from helper.config import load_config
 from helper.distributed import Context
 from helper.trainer import Trainer
 from models import model_dict
+from runs import make_cfg
 from data_poor import final_accuracy
 from tests.deterministic import fill_deterministic, fixed_input
 
@@ -23,14 +24,6 @@ REF = json.load(open(os.path.join(os.path.dirname(__file__), "reference", "losse
 CASES = REF["cases"]
 OFD_CASES = [case for case in CASES if "loss" in case["ofd"]]
 VALUE, GRAD = dict(rel=1e-6, abs=0), dict(rel=1e-5, abs=0)
-
-
-def make_cfg(distill, **overrides):
-    cfg = get_cfg_defaults()
-    cfg.distill = distill
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
 
 
 def case_id(case):

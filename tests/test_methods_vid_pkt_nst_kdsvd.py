@@ -12,10 +12,11 @@ import torch.nn.functional as F
 
 from common.errors import UserError
 from distillers import METHODS, build
-from helper.config import get_cfg_defaults, load_config
+from helper.config import load_config
 from helper.session import check_method
 from helper.trainer import Trainer
 from models import model_dict
+from runs import make_cfg
 from tests.deterministic import fill_deterministic, fixed_input
 
 REF = json.load(open(os.path.join(os.path.dirname(__file__), "reference",
@@ -24,14 +25,6 @@ VALUE, GRAD = dict(rel=1e-6, abs=0), dict(rel=1e-5, abs=0)
 # method -> (term, reference key, the paper's beta)
 METHOD = {"vid": ("vid", "vid_feats_1_to_-1", 1.0), "pkt": ("pkt", "pkt_feat_-1", 30000.0),
           "nst": ("nst", "nst_feats_1_to_-1", 50.0), "kdsvd": ("kdsvd", "kdsvd_feats_1_to_-1", 1.0)}
-
-
-def make_cfg(distill, **overrides):
-    cfg = get_cfg_defaults()
-    cfg.distill = distill
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,8 @@ import signal
 import time
 
 import pytest
-import torch
 
 from helper.checkpoint import load_checkpoint
-from models import model_dict
 from runs import assert_same_weights, run_script, start_script, tiny_config, weights
 
 
@@ -19,14 +17,6 @@ METHODS = {
     "ASKD": ("train_student.py", dict(STUDENT, distill="ASKD", r=2)),
     "crd": ("train_student.py", dict(STUDENT, distill="crd", beta=0.8, nce_k=64, feat_dim=16)),
 }
-
-
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "resnet14.pth"
-    torch.manual_seed(0)
-    torch.save({"model": model_dict["resnet14"](num_classes=100).state_dict()}, path)
-    return str(path)
 
 
 def config(write_cfg, synthetic_dir, folder, method, teacher_file):

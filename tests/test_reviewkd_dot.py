@@ -169,14 +169,6 @@ def test_dot_reproduces_mdistiller_step_by_step():
 
 
 @pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "resnet14.pth"
-    torch.manual_seed(0)
-    torch.save({"model": model_dict["resnet14"](num_classes=100).state_dict()}, path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     """128 training and 64 test images: 4 steps an epoch at batch 32."""
     from dataset.synthetic import write_synthetic_cifar100

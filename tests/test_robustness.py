@@ -12,16 +12,7 @@ import torch
 import distillers.rkd
 from dataset.synthetic import write_synthetic_cifar100
 from helper.session import check_method
-from models import model_dict
 from runs import assert_same_weights, run_script, start_script, tiny_config, weights
-
-
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("teacher") / "resnet14.pth"
-    torch.manual_seed(0)
-    torch.save({"model": model_dict["resnet14"](num_classes=100).state_dict()}, path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
