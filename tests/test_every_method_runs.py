@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from dataset.synthetic import write_synthetic_cifar100
 from models import model_dict
 from runs import ROOT, assert_same_weights, run_script, tiny_config, weights
 
@@ -22,24 +23,32 @@ def shipped(method):
     return os.path.join(ROOT, "configs", "kds", method, PAIR)
 
 
-def overrides(synthetic_dir, folder, teacher_file, epochs):
-    small = tiny_config(synthetic_dir, str(folder), model_s="resnet8", model_t="resnet14", path_t=teacher_file,
-                        synthetic_train_size=600, synthetic_test_size=200, batch_size=64, epochs=epochs,
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    """128 training images (4 steps of 32 an epoch), 100 test images."""
+    root = str(tmp_path_factory.mktemp("small"))
+    write_synthetic_cifar100(root, 128, 100, seed=0)
+    return root
+
+
+def overrides(data_dir, folder, teacher_file, epochs):
+    small = tiny_config(data_dir, str(folder), model_s="resnet8", model_t="resnet14", path_t=teacher_file,
+                        synthetic_train_size=128, synthetic_test_size=100, batch_size=32, epochs=epochs,
                         lr_decay_epochs="1", init_epochs=1, warmup_epochs=2, fast=True, print_freq=100)
     small.pop("model")
     return [str(v) for item in small.items() for v in item]
 
 
 @pytest.mark.parametrize("method", NEW)
-def test_shipped_config_runs_and_resumes_bit_identically(method, synthetic_dir, teacher_file, tmp_path):
+def test_shipped_config_runs_and_resumes_bit_identically(method, small_data, teacher_file, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    code, out, err = run_script("train_student.py", shipped(method), *overrides(synthetic_dir, whole, teacher_file, 2))
+    code, out, err = run_script("train_student.py", shipped(method), *overrides(small_data, whole, teacher_file, 2))
     assert code == 0, out + err
     log = (whole / "log.txt").read_text()
     assert "epoch 2 " in log and "nan" not in log.lower()
     for epochs in (1, 2):
         code, out, err = run_script("train_student.py", shipped(method),
-                                    *overrides(synthetic_dir, split, teacher_file, epochs))
+                                    *overrides(small_data, split, teacher_file, epochs))
         assert code == 0, out + err
     assert "resuming after epoch 1" in out
     assert_same_weights(weights(whole / "resnet8_last.pth"), weights(split / "resnet8_last.pth"))
