@@ -119,11 +119,9 @@ def test_a_short_run_lowers_the_method_losses(method, synthetic_dir, write_cfg):
 
 def test_kd_from_a_trained_teacher_beats_the_student_alone(tmp_path_factory):
     """The data-poor task (tests/data_poor.py: the teacher learns from 2000 images, the student
-    sees 300), alone or with Hinton KD. ASKD's figure is printed, not asserted: whether it helps
-    here is a research result, not a property of the code."""
+    sees 300), alone or with Hinton KD."""
     results = {"alone": final_accuracy(tmp_path_factory, "alone"),
-               "kd": final_accuracy(tmp_path_factory, "kd", distill="kd", alpha=0.9, beta=0.0),
-               "askd": final_accuracy(tmp_path_factory, "askd", distill="ASKD", alpha=0.0, beta=1.0, r=2)}
+               "kd": final_accuracy(tmp_path_factory, "kd", distill="kd", alpha=0.9, beta=0.0)}
     print(f"\ndata-poor synthetic task, final test top-1: {results}")
     assert results["kd"] > results["alone"] + 3.0, results
 

@@ -252,9 +252,15 @@ def test_report_of_real_runs(real_runs, tmp_path):
 
 
 def test_plot_of_real_runs(real_runs, tmp_path):
-    pytest.importorskip("matplotlib")
     png = tmp_path / "figs" / "curves.png"
     code, text = call([str(real_runs), "--plot", str(png)])
     assert code == 0, text
     assert f"wrote {png}" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10000
+
+
+def test_plot_without_matplotlib_is_one_line(real_runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
+    code, text = call([str(real_runs), "--plot", str(tmp_path / "curves.png")])
+    assert code == 2 and text.strip() == "error: --plot needs matplotlib, which is not installed: pip install matplotlib"
+    assert not (tmp_path / "curves.png").exists()
