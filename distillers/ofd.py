@@ -1,7 +1,8 @@
 """OFD: Heo et al., "A Comprehensive Overhaul of Feature Distillation" (ICCV 2019), as mdistiller's.
 
-Pre-activation maps (`forward(preact=True)`: each stage's output before its last ReLU), feats[1:-1]
-of both models; the teacher's n maps are paired in order with the student's last n. Student map
+Pre-activation maps (`forward(preact=True)`: each stage's output before its last ReLU): the last n
+of feats[1:-1] of both models, n = the teacher's `get_bn_before_relu()` count (all its maps for
+the CIFAR zoo; stages 2-4 of the ImageNet ResNets, as mdistiller's). Student map
 i -> connector C_i (1x1 conv without bias, then BN) to the teacher's channels; the teacher's map
 adaptive-average-pooled to the student's size: t. Margin m per teacher channel, from the BN
 before that map's ReLU (`get_bn_before_relu`, weight w, bias b, s = |w|): the expected negative
@@ -19,7 +20,7 @@ statistics move (its weights never do: no gradient, no optimizer); `eval()` puts
 Refused, where the original cannot run (no figure to equal): a MobileNetV2 on either side (no
 pre-activation features), a ShuffleV1 student (the original has no stage channels for it), a
 ResNet18/34/50 teacher (the original's stage channels skip its first stage), a teacher without
-`get_bn_before_relu` or whose BNs do not match its maps one for one, a teacher with more maps
+`get_bn_before_relu` or whose BNs do not match its last maps one for one, a teacher with more maps
 than the student (the original pairs its first BNs with its last maps); and a BN weight of 0 in
 the teacher (its margin is undefined).
 """
@@ -94,8 +95,9 @@ class OFD(Distiller):
                             "those BNs): choose another teacher")
         maps_s, maps_t = self.probe_feats(student)[1:-1], self.probe_feats(teacher)[1:-1]
         bns = teacher.get_bn_before_relu()
+        maps_t = maps_t[len(maps_t) - len(bns):]  # the maps after those BNs: the teacher's last ones
         if [bn.num_features for bn in bns] != [f.shape[1] for f in maps_t]:
-            raise UserError(f"OFD: the teacher's BNs before ReLU ({len(bns)}) do not match its "
+            raise UserError(f"OFD: the teacher's BNs before ReLU ({len(bns)}) do not match its last "
                             f"{len(maps_t)} maps one for one: choose another teacher")
         if len(maps_t) > len(maps_s):
             raise UserError(f"OFD: the teacher has more maps ({len(maps_t)}) than the student "
@@ -116,10 +118,9 @@ class OFD(Distiller):
         return [getattr(self, f"margin{i}") for i in range(len(self.connectors))]
 
     def method_losses(self, feats_s, logits_s, feats_t, logits_t, target, index):
-        maps_t = feats_t[1:-1]
-        n = len(maps_t)
+        n = len(self.connectors)
         loss = 0.0
-        pairs = zip(feats_s[1:-1][-n:], maps_t, self.connectors, self.margins)
+        pairs = zip(feats_s[1:-1][-n:], feats_t[1:-1][-n:], self.connectors, self.margins)
         for i, (f_s, f_t, conv_bn, margin) in enumerate(pairs):
             x = conv_bn(f_s)
             t = F.adaptive_avg_pool2d(f_t, x.shape[-2:])

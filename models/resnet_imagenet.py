@@ -71,7 +71,8 @@ class ResNetImageNet(nn.Module):
                               self.layer1, self.layer2, self.layer3, self.layer4])
 
     def get_bn_before_relu(self):
-        return last_bns((self.layer1, self.layer2, self.layer3, self.layer4))
+        """Those of stages 2-4, as mdistiller's ImageNet ResNets (what OFD distils there)."""
+        return last_bns((self.layer2, self.layer3, self.layer4))
 
     def forward(self, x, is_feat=False, preact=False):
         stem = self.bn1(self.conv1(x))
