@@ -403,16 +403,12 @@ def bench_packing(device, args, data_dir):
 
 
 def packing_section(device, args, command, rows):
-    kind, name = device.type, device_name(device)
+    kind = device.type
     cells, students, teachers = paper_runs()
     runs = (cells + students + teachers) * SEEDS
     images = runs * EPOCHS * TRAIN_SIZE
     base = rows[0][1] if rows and rows[0][0] == 1 else None
-    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    out = [f"## Packing on {kind.upper()}: {name}", "",
-           f"- measured {now}, torch {torch.__version__}, Python {platform.python_version()}; "
-           f"load average (1/5/15 min) {args.load_before} before and {args.load_after} after the run",
-           f"- command: `{command}`",
+    out = header(f"Packing on {kind.upper()}", device, args, command) + [
            f"- K concurrent processes, each {PACKING_CASE[4]} ({MODES[PACKING_MODE[kind]][2]}, "
            f"{MODES[PACKING_MODE[kind]][1]}), batch {args.batch_size}: {args.warmup} warm-up steps, then "
            f"{args.steps} timed steps started together; aggregate = all images / (last end - first start)",
@@ -507,14 +503,18 @@ def cuda_targets(results):
     return lines
 
 
+def header(title, device, args, command):
+    """The first lines of a BENCHMARKS.md section: the device, when, torch, the load, the command."""
+    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return [f"## {title}: {device_name(device)}", "",
+            f"- measured {now}, torch {torch.__version__}, Python {platform.python_version()}; "
+            f"load average (1/5/15 min) {args.load_before} before and {args.load_after} after the run",
+            f"- command: `{command}`"]
+
+
 def section(device, args, command, data_rows, results, memory_method):
     kind = device.type
-    name = device_name(device)
-    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    out = [f"## {kind.upper()}: {name}", "",
-           f"- measured {now}, torch {torch.__version__}, Python {platform.python_version()}; "
-           f"load average (1/5/15 min) {args.load_before} before and {args.load_after} after the run",
-           f"- command: `{command}`",
+    out = header(kind.upper(), device, args, command) + [
            f"- batch {args.batch_size}; per mode {args.warmup} warm-up steps, then the median of "
            f"{args.repeats} blocks of {args.steps} steps, the modes of a case interleaved block by "
            f"block; plain path with {args.workers} DataLoader workers",
