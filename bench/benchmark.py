@@ -583,9 +583,11 @@ UNMEASURED_PACKING = """## Packing on a GPU: unmeasured
 No GPU was lent to the session that wrote the packing mode: **the GPU packing figures
 (`sweep.py --runs-per-gpu K`: aggregate images/s of K = 1, 2, 4, 8 ASKD runs on one GPU, and the
 projected wall time of the paper's tables on 1 and 8 GPUs) are unmeasured**, and so is the share
-of a GPU epoch that its evaluation takes. Measure them with
-`python bench/benchmark.py --device cuda --packing 1,2,4,8` and `python bench/eval_cost.py --device cuda`
-(both part of `bash bench/gpu_checks.sh`).
+of a GPU epoch that its evaluation takes, and the profile of the graphed ASKD step (where its
+2.2 ms go: teacher forward, student forward and backward, losses, SGD). Measure them with
+`python bench/benchmark.py --device cuda --packing 1,2,4,8`, `python bench/eval_cost.py --device cuda`
+and `python bench/profile_step.py --device cuda` (all part of `bash bench/gpu_checks.sh`, which
+runs within one device command's 600 s).
 """
 
 UNMEASURED_GPU = """## GPU: unmeasured
