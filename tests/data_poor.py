@@ -1,6 +1,7 @@
 """The data-poor synthetic task (test_methods' KD test), shareable between test files: a resnet14
 teacher learns from 2000 images (3 epochs, noise 2.0); a resnet8 student from 300 (3 per class,
-10 epochs), alone or distilled. Every run happens once per test session, however many tests ask."""
+10 epochs), alone or distilled. Every run happens once per test process, however many tests ask
+(the tests that ask share the xdist group `data_poor`, so one process runs them all)."""
 import yaml
 
 from runs import run_script, tiny_config

@@ -117,6 +117,7 @@ def test_a_short_run_lowers_the_method_losses(method, synthetic_dir, write_cfg):
         assert last[name] < first[name], (name, first[name], last[name])
 
 
+@pytest.mark.xdist_group("data_poor")  # one process trains its teacher and lone student once
 def test_kd_from_a_trained_teacher_beats_the_student_alone(tmp_path_factory):
     """The data-poor task (tests/data_poor.py: the teacher learns from 2000 images, the student
     sees 300), alone or with Hinton KD."""

@@ -236,6 +236,7 @@ def test_a_short_run_lowers_the_loss(method, synthetic_dir, write_cfg):
     assert last < first, (first, last)
 
 
+@pytest.mark.xdist_group("data_poor")  # one process trains its teacher and lone student once
 def test_dkd_from_a_trained_teacher_beats_the_student_alone(tmp_path_factory):
     """test_methods' data-poor task with DKD instead of KD, by KD's margin; the warm-up scaled to
     the 10 epochs (1 of 10, as 20 of 240 rounds to)."""
