@@ -49,7 +49,7 @@ def config(folder, method, **extra):
     cfg = dict(dataset="synthetic", data_dir=os.path.join(folder, "data"), synthetic_train_size=2000,
                synthetic_test_size=200, model_s="resnet8", model_t="resnet14", path_t="unused",
                distill=method, alpha=0.9 if method == "kd" else 0.0, beta=0.0 if method == "kd" else 1.0,
-               nce_k=512, epochs=2, lr_decay_epochs="1", batch_size=64, num_workers=0, tensorboard=False)
+               **({"nce_k": 512} if method == "crd" else {}), epochs=2, lr_decay_epochs="1", batch_size=64, num_workers=0, tensorboard=False)
     cfg.update(extra)
     path = os.path.join(folder, f"{method}.yaml")
     with open(path, "w") as f:

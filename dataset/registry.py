@@ -13,7 +13,7 @@ sets held on the device; 0 for ImageNet, whose fast path decodes JPEG files on t
 import dataclasses
 from typing import Callable
 
-from common.errors import UserError
+from common.resolve import resolve
 
 from . import cifar10, cifar100, imagenet, synthetic, tiny_imagenet
 
@@ -50,11 +50,22 @@ SPECS = {spec.name: spec for spec in (
 NAMES = tuple(SPECS)
 
 
+FIELDS = tuple(field.name for field in dataclasses.fields(DataSpec))
+
+
+def _accept(obj):
+    missing = [name for name in FIELDS if not hasattr(obj, name)]
+    return f"not a data set: it lacks {', '.join(missing)} (see dataset/registry.py's DataSpec)" if missing else None
+
+
+def spec_entry(name):
+    """(spec, origin) of a data-set name: a built-in name, PACKAGE.MODULE:OBJECT (a DataSpec, or
+    any object with its fields) or an installed package's entry point; origin None: built-in."""
+    return resolve(name, SPECS, "dataset", _accept, key="dataset")
+
+
 def spec(name):
-    try:
-        return SPECS[name]
-    except KeyError:
-        raise UserError(f"unknown data set '{name}'; valid: {', '.join(NAMES)}") from None
+    return spec_entry(name)[0]
 
 
 def data_root(cfg):

@@ -5,6 +5,8 @@ the short names hkd, fitnet, at, sp, cc and askd are aliases; vanilla is plain c
 (teacher training, no teacher).
 """
 from common.errors import UserError
+from common.knobs import declared_knobs
+from common.resolve import resolve
 
 from .abound import AB
 from .askd import ASKD
@@ -50,21 +52,57 @@ METHODS = {
 
 
 def distiller_names():
-    """Every valid value of `distill`."""
+    """Every built-in name of `distill`, aliases included."""
     return list(METHODS)
+
+
+def method_names():
+    """One name per built-in method (the first of its aliases), vanilla left out."""
+    first = {}
+    for name, cls in METHODS.items():
+        first.setdefault(cls, name)
+    return [name for cls, name in first.items() if cls is not Vanilla]
+
+
+def _accept(obj):
+    if isinstance(obj, type) and issubclass(obj, Distiller):
+        return None
+    return "not a subclass of distillers.base.Distiller"
+
+
+def method_class(name):
+    """(class, origin) of a `distill` value: a built-in name, PACKAGE.MODULE:CLASS or an
+    installed package's entry point (common/resolve.py); origin is None for a built-in. A
+    plugin's knobs must not redefine a built-in method's knob (`builtin_knob_owners`)."""
+    cls, origin = resolve(name, METHODS, "method", _accept, key="distill")
+    if origin is not None:
+        owners = builtin_knob_owners()
+        for knob in declared_knobs(cls).values():
+            for owner, theirs in owners.get(knob.name, ()):
+                if theirs.meaning != knob.meaning:
+                    raise UserError(f"method '{name}' declares the knob '{knob.name}', which the built-in "
+                                    f"method {owner} declares with another meaning: rename it")
+    return cls, origin
+
+
+def builtin_knob_owners():
+    """{knob name: [(method name, Knob)]} over the built-in methods."""
+    owners = {}
+    for name in method_names():
+        for knob in declared_knobs(METHODS[name]).values():
+            owners.setdefault(knob.name, []).append((name, knob))
+    return owners
 
 
 def build(cfg, student, teacher=None, train_targets=None):
     """The distiller of `cfg.distill` for this pair: an nn.Module holding the student and the
     method's own trainable modules; the teacher stays outside its module tree."""
-    cls = METHODS.get(cfg.distill)
-    if cls is None:
-        raise UserError(f"unknown method '{cfg.distill}': valid names are {', '.join(METHODS)}")
+    cls, _ = method_class(cfg.distill)
     if cls is not Vanilla and teacher is None:
         raise UserError(f"method '{cfg.distill}' needs a teacher (path_t)")
     return cls(student, teacher, cfg, train_targets)
 
 
-__all__ = ["METHODS", "Distiller", "build", "distiller_names",
+__all__ = ["METHODS", "Distiller", "build", "builtin_knob_owners", "distiller_names", "method_class", "method_names",
            "AB", "ASKD", "AT", "CC", "CRD", "DKD", "FSP", "FT", "FitNet", "HKD", "KDSVD", "NST", "OFD",
            "PKT", "RKD", "SP", "VID", "Vanilla"]

@@ -20,17 +20,24 @@ Any batch size works: both structures are within a sample.
 import torch.nn as nn
 
 from common.errors import UserError
+from common.knobs import Knob, at_least, non_negative, one_of
 
 from .base import Distiller
 from .functional import distance_structure_loss, region_structure_loss
 
 
 class ASKD(Distiller):
+    knobs = (
+        Knob("group", "res_last", "ASKD region loss on: res_last (feats[-2]), res_group (feats[1:-1]), "
+                                  "target (feats[layer])", one_of("res_last", "res_group", "target")),
+        Knob("r", 2, "ASKD: regions per side, at least 2 (clamped to the map size)", at_least(2)),
+        Knob("w_rs", 5.0, "ASKD: weight of the region-structure loss", non_negative),
+        Knob("w_cs", 14.0, "ASKD: weight of the class-structure loss", non_negative),
+        Knob("layer", 2, "ASKD group target: index of the feature used", non_negative),
+    )
+
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
-        if cfg.r < 2:
-            raise UserError(f"ASKD needs r >= 2 (regions per side: one region has no structure), "
-                            f"got r {cfg.r}")
         self.r, self.w_rs, self.w_cs = int(cfg.r), float(cfg.w_rs), float(cfg.w_cs)
         feats_s, feats_t = self.probe_feats(student), self.probe_feats(teacher)
         # w_rs 0: no region term, so no 1x1 convs (no parameter without a gradient under DDP)
@@ -68,7 +75,7 @@ class ASKD(Distiller):
                 raise UserError(f"ASKD group target: layer {cfg.layer} is out of range; this pair "
                                 f"has feature maps 0..{maps - 1}: set layer to one of them")
             return [(int(cfg.layer), int(cfg.layer))]
-        raise UserError(f"ASKD group must be res_last, res_group or target, got '{cfg.group}'")
+        raise ValueError(f"unknown ASKD group '{cfg.group}'")  # the knob's rule refuses it first
 
     def method_losses(self, feats_s, logits_s, feats_t, logits_t, target, index):
         terms = {}

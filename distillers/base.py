@@ -18,15 +18,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.knobs import Knob, non_negative
+
 from .functional import hinton_kd
 
 
 class Distiller(nn.Module):
+    knobs = ()          # the method's own config keys (common/knobs.py), with their defaults and rules
     needs_feats = True  # False: the method only needs logits, so skip is_feat=True
     min_batch = 1       # the smallest batch the losses are defined on (2: they compare samples)
     capturable = True   # False: the step reads the GPU from the host, so cuda_graph cannot hold it
     preact = False      # True: the features before each stage's last ReLU (forward(preact=True))
     teacher_preact = False  # True: the teacher's features are pre-activation even when preact is not
+    teacher_train_mode = False  # True: the teacher follows the distiller's mode (BN batch statistics)
+    check_settings = {}  # config values the method battery (helper/battery.py) runs it with
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__()
@@ -41,6 +46,12 @@ class Distiller(nn.Module):
     @property
     def teacher(self):
         return self._teacher[0] if self._teacher else None
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.teacher is not None and self.teacher_train_mode:
+            self.teacher.train(mode)
+        return self
 
     @staticmethod
     @torch.no_grad()
@@ -95,6 +106,10 @@ class InitStage(NamedTuple):
     modules: nn.Module
     losses: Callable
     lr: Optional[float] = None
+
+
+WARMUP_EPOCHS = Knob("warmup_epochs", 20, "DKD/ReviewKD: the method's loss ramps up as "
+                     "min(epoch / warmup_epochs, 1)", non_negative)
 
 
 class WarmUp(nn.Module):

@@ -7,6 +7,8 @@ is NaN); the loop drops a smaller final batch, and a smaller batch_size is refus
 """
 import torch.nn as nn
 
+from common.knobs import Knob, positive
+
 from .base import Distiller
 from .functional import correlation_loss
 
@@ -22,7 +24,11 @@ class LinearEmbed(nn.Module):
         return self.linear(x.flatten(1))
 
 
+FEAT_DIM = Knob("feat_dim", 128, "CRD/CC: embedding dimension", positive)
+
+
 class CC(Distiller):
+    knobs = (FEAT_DIM,)
     min_batch = 2  # a loss between samples
 
     def __init__(self, student, teacher, cfg, train_targets=None):

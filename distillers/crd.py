@@ -13,16 +13,17 @@ rows of the batch's own indices move: memory[i] <- normalize(nce_m * memory[i] +
 Memories and Z are buffers: they are saved in the distiller's state_dict, so resume is exact.
 
 Refused: nce_k above the negatives a sample has (the training samples of other classes).
-nce_t > 0, 0 <= nce_m < 1 and feat_dim > 0 are config checks. Any batch size works: every
+nce_t > 0, 0 <= nce_m < 1 and feat_dim > 0 are the knobs' rules. Any batch size works: every
 score is of one sample against the memory.
 """
 import torch
 import torch.nn as nn
 
 from common.collectives import all_gather_cat, all_reduce_sum, world_size
+from common.knobs import Knob, in_range, one_of, positive
 
 from .base import Distiller
-from .cc import LinearEmbed
+from .cc import FEAT_DIM, LinearEmbed
 from .crd_sampling import ContrastSampler
 from .functional import nce_loss
 
@@ -86,6 +87,19 @@ class Embed(LinearEmbed):
 
 
 class CRD(Distiller):
+    knobs = (
+        FEAT_DIM,
+        Knob("mode", "exact", "CRD positive: exact (the sample itself) or relax (a same-class sample)",
+             one_of("exact", "relax")),
+        Knob("nce_k", 16384, "CRD: negatives per sample", positive),
+        Knob("nce_t", 0.07, "CRD: temperature", positive),
+        Knob("nce_m", 0.5, "CRD: momentum of the memory update", in_range(0, 1)),
+    )
+    # the battery's 128 images have about 126 negatives each; on its one repeated batch the memory
+    # rows move toward the batch's own embeddings, and at 128-d the negatives' scores rise faster
+    # than 20 steps teach the student (at 32-d they do not)
+    check_settings = {"nce_k": 64, "feat_dim": 32}
+
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
         if train_targets is None:

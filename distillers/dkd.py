@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import UserError
+from common.knobs import Knob, non_negative
 
-from .base import Distiller, WarmUp
+from .base import WARMUP_EPOCHS, Distiller, WarmUp
 from .functional import hinton_kd
 
 
@@ -45,13 +46,15 @@ def dkd_loss(logits_s, logits_t, target, alpha, beta, T):
 
 
 class DKD(Distiller):
+    knobs = (
+        Knob("dkd_alpha", 1.0, "DKD: weight of the target-class KL (TCKD)", non_negative),
+        Knob("dkd_beta", 8.0, "DKD: weight of the non-target-class KL (NCKD)", non_negative),
+        WARMUP_EPOCHS,
+    )
     needs_feats = False
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
-        for key in ("dkd_alpha", "dkd_beta", "warmup_epochs"):
-            if cfg[key] < 0:
-                raise UserError(f"DKD needs {key} >= 0, got {cfg[key]}")
         self.tckd_weight, self.nckd_weight = float(cfg.dkd_alpha), float(cfg.dkd_beta)
         self.warmup = WarmUp(cfg.warmup_epochs)
 

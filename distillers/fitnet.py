@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.errors import UserError
+from common.knobs import Knob, non_negative
 
 from .base import Distiller
 
@@ -39,6 +40,8 @@ class ConvReg(nn.Module):
 
 
 class FitNet(Distiller):
+    knobs = (Knob("hint_layer", 2, "FitNet: index of the feature hinted", non_negative),)
+
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
         feats_s, feats_t = self.probe_feats(student), self.probe_feats(teacher)

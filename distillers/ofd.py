@@ -82,6 +82,8 @@ def connector(s_channels, t_channels):
 
 class OFD(Distiller):
     preact = True
+    teacher_train_mode = True  # the original's: the teacher's BNs on batch statistics
+    check_settings = {"beta": 0.001}  # its paper's weight: the partial L2 is large
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
@@ -107,11 +109,6 @@ class OFD(Distiller):
                                         for f_s, f_t in zip(maps_s, maps_t))
         for i, bn in enumerate(bns):
             self.register_buffer(f"margin{i}", bn_margin(bn))
-
-    def train(self, mode=True):
-        super().train(mode)
-        self.teacher.train(mode)  # the original's: the teacher's BNs on batch statistics
-        return self
 
     @property
     def margins(self):

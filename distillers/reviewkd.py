@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from common.errors import UserError
 
-from .base import Distiller, WarmUp
+from .base import WARMUP_EPOCHS, Distiller, WarmUp
 
 MAX_MID_CHANNELS = 512
 
@@ -77,14 +77,12 @@ class AttentionFusion(nn.Module):
 
 
 class ReviewKD(Distiller):
+    knobs = (WARMUP_EPOCHS,)
     teacher_preact = True
     min_batch = 2  # the batch norm of the 1x1 level needs two samples
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
-        if cfg.warmup_epochs < 0:
-            raise UserError(f"ReviewKD's warmup_epochs must not be negative (0: no warm-up), "
-                            f"got {cfg.warmup_epochs}")
         levels = self.levels(self.probe_feats(student), self.probe_feats(teacher))
         mid = min(MAX_MID_CHANNELS, levels[-1][0][0])
         # deepest level first (index 0): the order of the review and of mdistiller's keys

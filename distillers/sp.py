@@ -11,7 +11,8 @@ from .functional import similarity_loss
 
 
 class SP(Distiller):
-    min_batch = 2  # a loss between samples
+    min_batch = 2
+    check_settings = {"beta": 3000.0}  # its paper's weight: the Gram-matrix loss is small  # a loss between samples
 
     def method_losses(self, feats_s, logits_s, feats_t, logits_t, target, index):
         return {"sp": similarity_loss(feats_s[-2], feats_t[-2])}

@@ -260,14 +260,11 @@ def load_weights(model, state_dict, model_name, path, role=None):
 
 def load_teacher(model_name, path, num_classes=100, role='model_t'):
     """Build ``model_name``, load the weights from ``path`` and return it in eval mode."""
-    from models import model_dict
-    if model_name not in model_dict:
-        raise UserError(f'unknown model {model_name!r}' + (f' ({role})' if role else '')
-                        + '; choose one of: '
-                        + ', '.join(sorted(model_dict)))
+    from models import get_model
+    build = get_model(model_name, role)
     obj = load_checkpoint(path)
     sd = model_state_dict(obj, path)
-    model = model_dict[model_name](num_classes=num_classes)
+    model = build(num_classes=num_classes)
     load_weights(model, sd, model_name, path, role=role)
     model.eval()
     return model

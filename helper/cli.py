@@ -6,13 +6,13 @@ import warnings
 from common.errors import UserError
 
 
-def parse_args(description, example):
+def parse_args(description, example, argv=None):
     parser = argparse.ArgumentParser(description=description,
                                      epilog=f"example: {example} epochs 1 batch_size 8")
     parser.add_argument("-cfg", "--cfg", required=True, metavar="FILE", help="YAML config file")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                         help="config overrides after the file, e.g. epochs 1 batch_size 8")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def one_line(error):

@@ -1,9 +1,15 @@
-"""Every config key, its default and its meaning, in one place; loading, overriding, validating.
+"""The keys every run shares, their defaults and meanings; loading, overriding, validating.
 
 A run is `defaults <- YAML file <- KEY VALUE overrides`, validated, then frozen. The keys are
-flat and carry the names of the paper's own YAML files, which load unchanged. Unknown keys are
-errors that suggest the closest valid key; values are coerced to the default's type (PyYAML
-reads the papers' `5e-4` as a string, and `'150,180,210'` is a list of epochs).
+flat and carry the names of the paper's own YAML files, which load unchanged. The common keys
+are `KEYS`; a method's own keys (its "knobs": `Knob` in common/knobs.py) are declared on its
+class and accepted when that method is selected. Unknown keys are errors that suggest the
+closest valid key (and name the method a knob belongs to); values are coerced to the default's
+type (PyYAML reads the papers' `5e-4` as a string, and `'150,180,210'` is a list of epochs).
+
+`distill`, the model keys and `dataset` may name code outside this repository
+(common/resolve.py); the loaded file and its sha256 are recorded in `plugins`, so that
+`config.yaml` says what ran and a resume refuses when that code changed.
 """
 import copy
 import difflib
@@ -15,7 +21,8 @@ import yaml
 from yacs.config import CfgNode
 
 from common.errors import UserError
-from dataset.registry import NAMES as DATASETS
+from common.knobs import declared_knobs
+from common.resolve import add_plugin_paths
 
 # (key, default, one-line meaning). The order is the order of `config.yaml` and of the README.
 KEYS = [
@@ -32,34 +39,20 @@ KEYS = [
     ("weight_decay", 5e-4, "SGD weight decay"),
     ("momentum", 0.9, "SGD momentum"),
     ("dataset", "cifar100", "cifar100, cifar10 (downloaded when missing), tiny_imagenet, imagenet (put in "
-                            "data_dir) or synthetic (generated): README, Data sets"),
+                            "data_dir), synthetic (generated), or a plugin: README, Data sets"),
     ("data_dir", "", "folder of the data set's files; empty: ./data/<dataset>"),
     ("save_folder", "", "run folder; empty: ./save/<teacher_model|student_model>/<derived name>"),
     # -- the paper's keys: models and method
-    ("model", "", "architecture trained by train_teacher.py (a name of models.model_dict)"),
+    ("model", "", "architecture trained by train_teacher.py (a name of models.model_dict, or a plugin)"),
     ("model_s", "", "student architecture (train_student.py)"),
     ("model_t", "", "teacher architecture (train_student.py)"),
     ("path_t", "", "teacher checkpoint (train_student.py)"),
-    ("distill", "kd", "method: kd hint attention similarity correlation rkd fsp crd ASKD (vanilla for teachers)"),
+    ("distill", "kd", "method: a name of the README's method table, or a plugin (vanilla for teachers)"),
     ("gamma", 1.0, "weight of the cross-entropy loss"),
     ("alpha", 0.0, "weight of Hinton's KD loss"),
     ("beta", 0.0, "weight of the method's own loss"),
     ("kd_T", 4.0, "temperature of Hinton's KD loss"),
-    ("hint_layer", 2, "FitNet: index of the feature hinted"),
-    ("feat_dim", 128, "CRD/CC: embedding dimension"),
-    ("mode", "exact", "CRD positive: exact (the sample itself) or relax (a same-class sample)"),
-    ("nce_k", 16384, "CRD: negatives per sample"),
-    ("nce_t", 0.07, "CRD: temperature"),
-    ("nce_m", 0.5, "CRD: momentum of the memory update"),
-    ("group", "res_last", "ASKD region loss on: res_last (feats[-2]), res_group (feats[1:-1]), target (feats[layer])"),
-    ("r", 2, "ASKD: regions per side, at least 2 (clamped to the map size)"),
-    ("w_rs", 5.0, "ASKD: weight of the region-structure loss"),
-    ("w_cs", 14.0, "ASKD: weight of the class-structure loss"),
-    ("layer", 2, "ASKD group target: index of the feature used"),
-    # -- the other methods of the CRD repository and mdistiller
-    ("warmup_epochs", 20, "DKD/ReviewKD: the method's loss ramps up as min(epoch / warmup_epochs, 1)"),
-    ("dkd_alpha", 1.0, "DKD: weight of the target-class KL (TCKD)"),
-    ("dkd_beta", 8.0, "DKD: weight of the non-target-class KL (NCKD)"),
+    # -- the optimizer (any method)
     ("optimizer", "sgd", "sgd, or dot (DOT: separate momenta for the task and the distillation gradients)"),
     ("dot_delta", 0.075, "DOT: task momentum = momentum - dot_delta, distillation momentum = momentum + dot_delta"),
     # -- ours
@@ -82,30 +75,54 @@ KEYS = [
     ("tensorboard", True, "write tensorboard event files into the run folder"),
     ("eval_freq", 1, "evaluate every this many epochs (1: every epoch, the protocol); the last epoch always; "
                      "the best checkpoint only among evaluated epochs"),
+    # -- plugins: code outside this repository (README, Your own method)
+    ("plugin_path", "", "folders (comma-separated) searched first for PACKAGE.MODULE:NAME plugins; the "
+                        "working directory always is"),
+    ("plugins", {}, "written by the loader, not a setting: the source file and sha256 of each plugin the run "
+                    "loaded, by the key that named it"),
 ]
 DOC = {key: doc for key, _, doc in KEYS}
 DEFAULTS = {key: default for key, default, _ in KEYS}
 CHOICES = {
-    "dataset": DATASETS,
-    "mode": ("exact", "relax"),
-    "group": ("res_last", "res_group", "target"),
     "amp": ("off", "bf16", "fp16"),
     "optimizer": ("sgd", "dot"),
 }
 # Keys that may differ between a run and its resumption without changing the result.
 HARMLESS_ON_RESUME = ("print_freq", "num_workers", "epochs", "resume", "device", "save_freq",
-                      "tensorboard", "download", "data_dir", "cuda_graph")
+                      "tensorboard", "download", "data_dir", "cuda_graph", "plugin_path")
+RECORDED = "plugins"  # set by the loader only
 LOW_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
 
-def get_cfg_defaults():
-    """A fresh, mutable CfgNode holding every key at its default."""
-    return CfgNode(copy.deepcopy(DEFAULTS))
+def get_cfg_defaults(distill=None):
+    """A fresh, mutable CfgNode holding every common key at its default, and the knobs of the
+    method `distill` at theirs when it is given."""
+    cfg = CfgNode(copy.deepcopy(DEFAULTS))
+    if distill is not None:
+        cfg.distill = distill
+        for knob in method_knobs(distill).values():
+            cfg[knob.name] = copy.deepcopy(knob.default)
+    return cfg
 
 
-def _suggest(key):
-    close = difflib.get_close_matches(key, DOC, n=1, cutoff=0.5)
+def method_knobs(distill):
+    """{name: Knob} of the method `distill` (built-in or plugin)."""
+    from distillers import method_class
+    return declared_knobs(method_class(distill)[0])
+
+
+def _suggest(key, valid):
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _owner_hint(key, distill):
+    """': it is a knob of crd, not of kd ...' when `key` belongs to other built-in methods."""
+    from distillers import builtin_knob_owners
+    owners = [name for name, _ in builtin_knob_owners().get(key, ())]
+    if not owners:
+        return ""
+    return f": it is a knob of {', '.join(owners)}, not of {distill}: remove it, or select its method"
 
 
 def parse_epochs(value):
@@ -139,9 +156,8 @@ def _as_bool(value):
     raise ValueError
 
 
-def coerce(key, value):
-    """`value` converted to the type of `key`'s default, or a UserError."""
-    default = DEFAULTS[key]
+def coerce(key, value, default):
+    """`value` converted to the type of `default` (`key`'s), or a UserError."""
     try:
         if key == "lr_decay_epochs":
             return parse_epochs(value)
@@ -188,48 +204,54 @@ def read_yaml(path):
 
 
 def merge(cfg, items, origin):
+    """Set each (key, value) of `items` on `cfg`, whose keys (common keys and the method's
+    knobs, at their defaults) are the valid ones. A value from the command line is a `Typed`
+    text, read as YAML unless the key's default is a string."""
     for key, value in items:
-        if key not in DOC:
-            raise UserError(f"unknown config key '{key}' in {origin}{_suggest(key)}")
-        cfg[key] = coerce(key, value)
+        if key == RECORDED:
+            raise UserError(f"'{RECORDED}' in {origin} is written by the loader, not a setting: remove it")
+        if key not in cfg:
+            hint = _owner_hint(key, cfg.distill) or _suggest(key, cfg)
+            raise UserError(f"unknown config key '{key}' in {origin}{hint}")
+        if isinstance(value, Text):
+            value = value.read(cfg[key])
+        cfg[key] = coerce(key, value, cfg[key])
+
+
+class Text(str):
+    """A value typed on the command line: `read(default)` is the text itself for a string key
+    (`amp off`, `trial 007`), else the text read as YAML."""
+
+    def read(self, default):
+        if isinstance(default, str):
+            return str(self)
+        try:
+            value = yaml.safe_load(self)
+        except yaml.YAMLError:
+            return str(self)
+        return str(self) if value is None else value
 
 
 def parse_overrides(opts):
-    """['epochs', '1', 'lr_decay_epochs', '150,180'] -> [(key, parsed value), ...]."""
+    """['epochs', '1', 'lr_decay_epochs', '150,180'] -> [(key, Text), ...]."""
     if len(opts) % 2:
         raise UserError(f"overrides come in KEY VALUE pairs; '{opts[-1]}' has no value")
-    pairs = []
-    for key, text in zip(opts[::2], opts[1::2]):
-        if isinstance(DEFAULTS.get(key), str):
-            pairs.append((key, text))  # text as typed: `amp off`, `trial 007`
-            continue
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            value = text
-        pairs.append((key, text if value is None else value))
-    return pairs
+    return [(key, Text(text)) for key, text in zip(opts[::2], opts[1::2])]
 
 
-def validate(cfg, script):
-    """Checks that need no model built; raises UserError on the first problem."""
-    from distillers import distiller_names
-    from models import model_dict
-
-    for key in ("learning_rate", "batch_size", "epochs", "kd_T", "nce_t", "save_freq", "print_freq", "eval_freq",
-                "feat_dim", "nce_k", "synthetic_train_size", "synthetic_test_size"):
+def validate(cfg, script, knobs=None):
+    """Checks that need no model built; raises UserError on the first problem. `knobs`: the
+    method's {name: Knob} (default: looked up from cfg.distill)."""
+    for key in ("learning_rate", "batch_size", "epochs", "kd_T", "save_freq", "print_freq", "eval_freq",
+                "synthetic_train_size", "synthetic_test_size"):
         if cfg[key] <= 0:
             raise UserError(f"'{key}' must be positive, got {cfg[key]}")
     for key in ("num_workers", "init_epochs", "weight_decay", "momentum", "lr_decay_rate",
-                "gamma", "alpha", "beta", "w_rs", "w_cs", "synthetic_noise", "warmup_epochs", "dkd_alpha",
-                "dkd_beta"):
+                "gamma", "alpha", "beta", "synthetic_noise"):
         if cfg[key] < 0:
             raise UserError(f"'{key}' must not be negative, got {cfg[key]}")
-    if not 0 <= cfg.nce_m < 1:
-        raise UserError(f"'nce_m' must be in [0, 1), got {cfg.nce_m}")
-    if cfg.r < 2:
-        raise UserError(f"'r' must be at least 2 (ASKD's regions per side: one region has no "
-                        f"structure to compare), got {cfg.r}")
+    for knob in (method_knobs(cfg.distill) if knobs is None else knobs).values():
+        knob.check(cfg[knob.name], cfg.distill)
     epochs = cfg.lr_decay_epochs
     if any(b <= a for a, b in zip(epochs, epochs[1:])) or any(e < 1 for e in epochs):
         raise UserError(f"'lr_decay_epochs' must be positive and increasing, got {epochs}")
@@ -249,17 +271,10 @@ def validate(cfg, script):
         _check_dot(cfg, script)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise UserError(f"'device' must be auto, cpu, cuda or cuda:N, got '{cfg.device}'")
-    model_keys = ("model",) if script == "teacher" else ("model_s", "model_t")
-    for key in model_keys:
+    for key in model_keys(script):
         if not cfg[key]:
             raise UserError(f"config key '{key}' is required: the name of a model in models.model_dict")
-        if cfg[key] not in model_dict:
-            raise UserError(f"unknown model '{cfg[key]}' for '{key}'{_closest(cfg[key], model_dict)}; "
-                            f"valid: {', '.join(model_dict)}")
     if script == "student":
-        if cfg.distill not in distiller_names():
-            raise UserError(f"unknown method '{cfg.distill}'{_closest(cfg.distill, distiller_names())}; "
-                            f"valid: {', '.join(distiller_names())}")
         if not cfg.path_t:
             raise UserError("config key 'path_t' is required: the teacher checkpoint "
                             "(python fetch_teachers.py downloads the paper's teachers)")
@@ -285,45 +300,117 @@ def _check_dot(cfg, script):
                         f"dot_delta {cfg.dot_delta}")
 
 
-def _closest(name, names):
-    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.4)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def model_keys(script):
+    return ("model",) if script == "teacher" else ("model_s", "model_t")
+
+
+def resolve_names(cfg, script):
+    """Resolve the method, the models and the data set of `cfg` (built-in names or plugins:
+    a one-line UserError when one cannot be had); {key: origin} of the plugins among them."""
+    from dataset.registry import spec_entry
+    from distillers import method_class
+    from models import model_entry
+    add_plugin_paths([p for p in cfg.plugin_path.split(",") if p.strip()])
+    origins = {"distill": method_class(cfg.distill)[1], "dataset": spec_entry(cfg.dataset)[1]}
+    for key in model_keys(script):
+        if cfg[key]:
+            origins[key] = model_entry(cfg[key], key)[1]
+    return {key: origin for key, origin in origins.items() if origin is not None}
+
+
+def _own_knobs(cfg, items, path):
+    """The items of a file that are not another built-in method's knobs; those are dropped with
+    a warning (a file written for one method, run with `distill` set to another on the command
+    line). On the command line such a key is an error: typed for this run, it would do nothing."""
+    from distillers import builtin_knob_owners
+    owners = builtin_knob_owners()
+    foreign = [k for k, _ in items if k not in cfg and k in owners]
+    if foreign:
+        methods = sorted({name for k in foreign for name, _ in owners[k]})
+        warnings.warn(f"{path} sets {', '.join(foreign)}, knobs of {', '.join(methods)}, not of {cfg.distill}: "
+                      f"ignored", stacklevel=3)
+    return [(k, v) for k, v in items if k not in foreign]
 
 
 def load_config(path, overrides=(), script="teacher"):
-    """defaults <- YAML at `path` <- KEY VALUE `overrides`, validated and frozen."""
+    """defaults <- YAML at `path` <- KEY VALUE `overrides`, validated and frozen. The common
+    keys are read first: they name the method, whose knobs are then accepted too."""
+    # a run's config.yaml used as a config: its record of the plugins is made anew
+    items = [(k, v) for k, v in read_yaml(path).items() if k != RECORDED]
+    pairs = parse_overrides(list(overrides))
     cfg = get_cfg_defaults()
-    merge(cfg, read_yaml(path).items(), path)
-    merge(cfg, parse_overrides(list(overrides)), "the command line")
+    merge(cfg, [(k, v) for k, v in items if k in DOC], path)
+    merge(cfg, [(k, v) for k, v in pairs if k in DOC], "the command line")
     if script == "teacher":
         cfg.distill = "vanilla"  # a model trained alone: plain cross-entropy
-    validate(cfg, script)
+    origins = resolve_names(cfg, script)
+    knobs = method_knobs(cfg.distill)
+    for knob in knobs.values():
+        if knob.name in DOC:
+            raise UserError(f"method '{cfg.distill}' declares the knob '{knob.name}', which is a common "
+                            f"config key: rename it")
+        cfg[knob.name] = copy.deepcopy(knob.default)
+    merge(cfg, _own_knobs(cfg, [(k, v) for k, v in items if k not in DOC], path), path)
+    merge(cfg, [(k, v) for k, v in pairs if k not in DOC], "the command line")
+    validate(cfg, script, knobs)
+    cfg.plugins = CfgNode(origins)
     cfg.freeze()
     return cfg
 
 
 def to_dict(cfg):
-    return {key: (list(cfg[key]) if isinstance(cfg[key], (list, tuple)) else cfg[key]) for key, _, _ in KEYS}
+    """The config as plain values: the common keys in the order of KEYS, then the method's knobs."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return list(value) if isinstance(value, (list, tuple)) else value
+    return {key: plain(value) for key, value in cfg.items()}
+
+
+def docs(cfg):
+    """{key: meaning} of every key of `cfg`: the common keys' and the method's knobs'."""
+    return {**DOC, **{name: knob.doc for name, knob in method_knobs(cfg.distill).items()}}
 
 
 def dump(cfg):
     """The effective config as YAML, one documented key a line."""
+    meaning = docs(cfg)
     lines = []
     for key, value in to_dict(cfg).items():
-        lines.append(f"{key}: {json.dumps(value)}  # {DOC[key]}")  # JSON values are valid YAML
+        lines.append(f"{key}: {json.dumps(value)}  # {meaning[key]}")  # JSON values are valid YAML
     return "\n".join(lines) + "\n"
 
 
 def resume_differences(saved, cfg):
-    """Keys whose saved value differs from `cfg` in a way that changes the result."""
+    """Keys whose saved value differs from `cfg` in a way that changes the result. A key the
+    saved config lacks (a run of an older version) counts as at its default."""
     current = to_dict(cfg)
+    defaults = to_dict(get_cfg_defaults(cfg.distill))
     diffs = []
     for key, value in current.items():
         if key in HARMLESS_ON_RESUME and key != "epochs":
             continue
-        old = saved.get(key)
+        old = saved.get(key, defaults[key])
         if key == "epochs" and old is not None and value >= old:
             continue
-        if old != value:
+        if key == RECORDED:
+            diffs += _changed_sources(old or {}, value)
+        elif old != value:
             diffs.append(f"{key}: {old!r} -> {value!r}")
     return diffs
+
+
+def _changed_sources(old, new):
+    """What differs between two `plugins` records, one short line per key."""
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        if before and after and before["import"] == after["import"]:
+            lines.append(f"the source of {key} {after['import']} ({after['file']}) changed since the run "
+                         f"started (sha256 {before['sha256'][:12]} -> {after['sha256'][:12]})")
+        else:
+            describe = lambda entry: entry["import"] if entry else "built-in"  # noqa: E731
+            lines.append(f"{key}: {describe(before)} -> {describe(after)}")
+    return lines

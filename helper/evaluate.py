@@ -14,10 +14,11 @@ import os
 
 import dataset
 from common.errors import UserError
-from models import model_dict
+from common.resolve import add_plugin_paths
+from models import get_model
 
 from .checkpoint import identify_architecture, load_checkpoint, load_weights, model_state_dict
-from .config import get_cfg_defaults, merge, parse_overrides, read_yaml
+from .config import DOC, RECORDED, get_cfg_defaults, merge, parse_overrides, read_yaml
 from .trainer import evaluate, pick_device
 
 RUN_CONFIG = "config.yaml"
@@ -51,12 +52,13 @@ def run_config(checkpoint, cfg_path=None, overrides=(), model=None, dataset_name
     cfg = get_cfg_defaults()
     if cfg_path is None and os.path.isfile(os.path.join(os.path.dirname(checkpoint), RUN_CONFIG)):
         cfg_path = os.path.join(os.path.dirname(checkpoint), RUN_CONFIG)
-    if cfg_path is not None:
-        merge(cfg, read_yaml(cfg_path).items(), cfg_path)
+    if cfg_path is not None:  # a method's knobs play no part in scoring
+        merge(cfg, [(k, v) for k, v in read_yaml(cfg_path).items() if k in DOC and k != RECORDED], cfg_path)
     pairs = parse_overrides(list(overrides))
     merge(cfg, pairs, "the command line")
     if dataset_name:
         merge(cfg, [("dataset", dataset_name)], "--dataset")
+    add_plugin_paths([p for p in cfg.plugin_path.split(",") if p.strip()])
     dataset.spec(cfg.dataset)  # an unknown name: one line
     given = cfg_path is not None or bool(dataset_name) or any(key == "dataset" for key, _ in pairs)
     return cfg, model or cfg.model or cfg.model_s or None, given
@@ -89,19 +91,17 @@ def evaluate_checkpoint(checkpoint, cfg_path=None, overrides=(), model=None, dat
                         batch_size=256, device="auto"):
     """Load `checkpoint` into its architecture and score it on its data set's test split:
     {checkpoint, model, dataset, images, top1, top5, loss}. Every bad input is a UserError."""
-    if model is not None and model not in model_dict:
-        raise UserError(f"unknown model '{model}'; valid: {', '.join(model_dict)}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
     cfg, name, given = run_config(checkpoint, cfg_path, overrides, model, dataset_name)
+    if model is not None:
+        get_model(model, "--model")
     device = pick_device(device)
     weights = checkpoint_weights(load_checkpoint(checkpoint), checkpoint)
     if not given:
         cfg.dataset = _dataset_of(_classes(weights), checkpoint)
     classes = dataset.spec(cfg.dataset).num_classes
     name = name or _architecture(weights, classes, checkpoint)
-    if name not in model_dict:
-        raise UserError(f"the config names the model '{name}', which is not in the zoo: pass --model NAME")
-    net = load_weights(model_dict[name](num_classes=classes), weights, name, checkpoint).eval()
+    net = load_weights(get_model(name)(num_classes=classes), weights, name, checkpoint).eval()
     result = score(net, cfg, device, batch_size, cfg.num_workers)
     return {"checkpoint": checkpoint, "model": name, "dataset": cfg.dataset, **result}

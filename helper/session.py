@@ -5,23 +5,26 @@ import torch
 
 import dataset
 from common.errors import UserError
-from models import model_dict
+from models import get_model
 
 from . import distributed
+from .checkpoint import load_teacher
 from .config import load_config
 from .logger import NullLogger, RunLogger
 from .run import RunFolder
-from .trainer import Trainer, pick_device, seed_everything
+from .teachers import check_teacher_accuracy
+from .trainer import Trainer, evaluate, pick_device, seed_everything
 
 
 def check_method(cfg, world_size):
     """What the method asks of the run: a batch (per rank) of at least `min_batch` samples, and
     a step that a CUDA graph can hold when cuda_graph is on."""
-    from distillers import METHODS
-    if cfg.cuda_graph and not METHODS[cfg.distill].capturable:
+    from distillers import method_class
+    method = method_class(cfg.distill)[0]
+    if cfg.cuda_graph and not method.capturable:
         raise UserError(f"method '{cfg.distill}' reads the GPU from the host during its step, which "
                         f"a CUDA graph cannot hold: set cuda_graph false")
-    need, per_rank = METHODS[cfg.distill].min_batch, cfg.batch_size // world_size
+    need, per_rank = method.min_batch, cfg.batch_size // world_size
     if per_rank < need:
         where = f" per process ({world_size} processes)" if world_size > 1 else ""
         raise UserError(f"method '{cfg.distill}' compares the samples of a batch and needs at least "
@@ -89,7 +92,7 @@ class Session:
 
     def build_model(self, name):
         seed_everything(self.cfg.seed, "weights", name)
-        model = model_dict[name](num_classes=self.spec.num_classes)
+        model = get_model(name)(num_classes=self.spec.num_classes)
         if self.cfg.sync_bn and self.ctx.enabled and self.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return self.place(model, name)
@@ -134,3 +137,19 @@ class Session:
         finally:
             self.logger.close()
             distributed.shutdown()
+
+
+def distil(cfg_path, overrides=()):
+    """train_student.py: load the teacher, report its test accuracy, build the student, train;
+    returns the best test top-1."""
+    session = Session(cfg_path, overrides, script="student")
+    cfg = session.cfg
+    teacher = session.place(load_teacher(cfg.model_t, cfg.path_t, session.spec.num_classes), cfg.model_t)
+    accuracy = evaluate(teacher, session.test_loader, session.device)
+    session.log(f"teacher {cfg.model_t} from {cfg.path_t}: test top-1 {accuracy['top1']:.2f} "
+                f"top-5 {accuracy['top5']:.2f}")
+    warning = check_teacher_accuracy(cfg.model_t, accuracy["top1"], dataset=cfg.dataset)
+    if warning:
+        session.log(warning)
+    student = session.build_model(cfg.model_s)
+    return session.train(student, teacher)

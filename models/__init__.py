@@ -8,6 +8,8 @@ Every constructor takes `num_classes` (default 100; 1000 for the ImageNet models
 checkpoints load with `strict=True` (torchvision's IMAGENET1K_V1 weights for the ImageNet
 ResNets). The ImageNet models carry `input_size = 224`, MobileNetV2_tiny `input_size = 64`.
 """
+from common.resolve import resolve
+
 from .mobilenetv1 import MobileNetV1
 from .mobilenetv2 import mobile_half
 from .mobilenetv2_tiny import MobileNetV2_tiny
@@ -50,3 +52,18 @@ model_dict = {
     "resnet50_imagenet": resnet50_imagenet,
     "MobileNetV1": MobileNetV1,
 }
+
+
+def _accept(obj):
+    return None if callable(obj) else "not callable (a model is a callable taking num_classes)"
+
+
+def model_entry(name, key=None):
+    """(constructor, origin) of a model name: a built-in name, PACKAGE.MODULE:CALLABLE or an
+    installed package's entry point (common/resolve.py); origin is None for a built-in."""
+    return resolve(name, model_dict, "model", _accept, key=key)
+
+
+def get_model(name, key=None):
+    """The constructor of a model name (`model_entry` without the origin)."""
+    return model_entry(name, key)[0]

@@ -72,8 +72,7 @@ def assert_same_weights(a, b):
 def make_cfg(distill, **overrides):
     """An unfrozen config of method `distill`: the defaults with `overrides` set (no file)."""
     from helper.config import get_cfg_defaults
-    cfg = get_cfg_defaults()
-    cfg.distill = distill
+    cfg = get_cfg_defaults(distill)
     for key, value in overrides.items():
         cfg[key] = value
     return cfg

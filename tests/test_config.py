@@ -4,7 +4,7 @@ import warnings
 import pytest
 import yaml
 
-from helper.config import (KEYS, dump, get_cfg_defaults, load_config, parse_epochs,
+from helper.config import (KEYS, dump, get_cfg_defaults, load_config, method_knobs, parse_epochs,
                            resume_differences, to_dict)
 from common.errors import UserError
 
@@ -37,6 +37,7 @@ w_rs: 5
 r: 2
 w_cs: 14
 """
+COMMON_ONLY = PAPER_STYLE[:PAPER_STYLE.index("group:")]  # without ASKD's knobs
 
 
 def test_paper_style_file_loads_with_numbers(write_cfg):
@@ -67,7 +68,7 @@ def test_every_key_documented_and_dump_round_trips(write_cfg):
     assert all(doc for _, _, doc in KEYS)
     cfg = load_config(write_cfg(PAPER_STYLE), script="student")
     text = dump(cfg)
-    assert len(text.strip().splitlines()) == len(KEYS)
+    assert len(text.strip().splitlines()) == len(KEYS) + len(method_knobs(cfg.distill))
     again = load_config(write_cfg(text), script="student")
     assert to_dict(again) == to_dict(cfg)
 
@@ -84,18 +85,18 @@ def test_every_key_documented_and_dump_round_trips(write_cfg):
     (["model_s", "resnet9"], "unknown model 'resnet9'"),
     (["model_t", "wrn_40_3"], "valid:"),
     (["distill", "kdd"], "unknown method 'kdd'"),
-    (["mode", "loose"], "'mode' must be one of exact, relax"),
-    (["r", "1"], "'r' must be at least 2"),
+    (["distill", "crd", "mode", "loose"], "'mode' (crd's knob) must be one of exact, relax"),
+    (["r", "1"], "'r' (ASKD's knob) must be at least 2"),
     (["amp", "fp8"], "'amp' must be one of"),
     (["device", "tpu"], "'device' must be"),
     (["path_t", ""], "'path_t' is required"),
-    (["nce_m", "1.5"], "'nce_m' must be in"),
+    (["distill", "crd", "nce_m", "1.5"], "'nce_m' (crd's knob) must be in"),
     (["resume", "maybe"], "'resume' expects bool"),
     (["epochs"], "KEY VALUE pairs"),
 ])
 def test_bad_values_are_one_line_user_errors(write_cfg, override, message):
     with pytest.raises(UserError) as err:
-        load_config(write_cfg(PAPER_STYLE), override, "student")
+        load_config(write_cfg(COMMON_ONLY if "crd" in override else PAPER_STYLE), override, "student")
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -154,3 +155,56 @@ def test_text_keys_keep_what_was_typed(write_cfg):
     assert (cfg.amp, cfg.trial, cfg.device) == ("off", "007", "cpu")
     cfg = load_config(write_cfg("model: resnet8\nepochs: 2\nlr_decay_epochs: 1\n"), ["amp", "off"], "teacher")
     assert cfg.amp == "off"
+
+
+def test_readme_lists_each_methods_knobs_as_declared():
+    import os
+    import re
+
+    from common.knobs import declared_knobs
+    from distillers import METHODS, method_names
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    section = readme[readme.index("### Each method's knobs"):]
+    rows = set(re.findall(r"^\| `(\w+)` \| `(\w+)` \| `([^`]*)` \| (.*?) \| (.*?) \|$", section, re.M))
+    declared = {(name, k.name, str(k.default), k.doc, k.rule.text if k.rule else "")
+                for name in method_names() for k in declared_knobs(METHODS[name]).values()}
+    assert rows == declared, (rows - declared, declared - rows)
+
+
+def test_a_knob_is_accepted_only_with_its_method(write_cfg):
+    path = write_cfg(COMMON_ONLY)
+    with pytest.raises(UserError, match="unknown config key 'nce_k'.*a knob of crd"):
+        load_config(path, ["distill", "kd", "nce_k", "64"], "student")
+    cfg = load_config(path, ["distill", "crd", "nce_k", "64.0", "mode", "relax"], "student")
+    assert (cfg.nce_k, cfg.mode) == (64, "relax") and isinstance(cfg.nce_k, int)
+    with pytest.raises(UserError, match="did you mean 'nce_k'"):
+        load_config(path, ["distill", "crd", "nce_kk", "64"], "student")
+    with pytest.raises(UserError, match=r"'nce_m' \(crd's knob\) must be in \[0, 1\), got 1.0"):
+        load_config(path, ["distill", "crd", "nce_m", "1"], "student")
+    assert "nce_k: 64  # CRD: negatives per sample" in dump(cfg)
+    with pytest.warns(UserWarning, match="sets group, w_rs, r, w_cs, knobs of ASKD, not of crd: ignored"):
+        cfg = load_config(write_cfg(PAPER_STYLE), ["distill", "crd"], "student")
+    assert "w_rs" not in cfg and cfg.nce_k == 16384
+    with pytest.raises(UserError, match="'plugins' in the command line is written by the loader"):
+        load_config(path, ["plugins", "{}"], "student")
+
+
+def test_two_builtin_methods_mean_the_same_by_one_knob_and_no_knob_is_a_common_key():
+    from distillers import builtin_knob_owners
+    owners = builtin_knob_owners()
+    assert {"feat_dim", "warmup_epochs", "nce_k", "r"} <= set(owners)
+    for name, declarations in owners.items():
+        assert name not in {key for key, _, _ in KEYS}
+        assert len({knob.meaning for _, knob in declarations}) == 1, name
+
+
+def test_a_run_of_an_older_version_still_resumes(write_cfg):
+    """Its saved config holds every method's keys of the old central table, and no `plugins`."""
+    cfg = load_config(write_cfg(COMMON_ONLY), ["distill", "kd"], "student")
+    old = {k: v for k, v in to_dict(cfg).items() if k not in ("plugins", "plugin_path")}
+    old.update(hint_layer=2, feat_dim=128, mode="exact", nce_k=16384, nce_t=0.07, nce_m=0.5, group="res_last",
+               r=2, w_rs=5.0, w_cs=14.0, layer=2, warmup_epochs=20, dkd_alpha=1.0, dkd_beta=8.0)
+    assert resume_differences(old, cfg) == []
+    crd = load_config(write_cfg(COMMON_ONLY), ["distill", "crd"], "student")
+    assert resume_differences(dict(old, distill="crd"), crd) == []
+    assert resume_differences(dict(old, distill="crd", nce_k=4096), crd) == ["nce_k: 4096 -> 16384"]

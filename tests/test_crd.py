@@ -133,8 +133,8 @@ def test_sampler_errors():
 
 
 def crd_cfg(**overrides):
-    cfg = get_cfg_defaults()
-    cfg.merge_from_list(["distill", "crd", "alpha", 0.9, "beta", 0.8, "nce_k", 40, "feat_dim", 16]
+    cfg = get_cfg_defaults("crd")
+    cfg.merge_from_list(["alpha", 0.9, "beta", 0.8, "nce_k", 40, "feat_dim", 16]
                         + [x for kv in overrides.items() for x in kv])
     return cfg
 

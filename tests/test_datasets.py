@@ -13,7 +13,7 @@ from common.errors import UserError
 from dataset import cifar10, imagenet, tiny_imagenet
 from dataset.device_loader import build_fast_loaders, crop_flip, draw_augmentation, normalize
 from dataset.gpu_jpeg import JpegLoader, resized_crop_params
-from helper.config import CHOICES, get_cfg_defaults
+from helper.config import get_cfg_defaults
 from layouts import write_cifar10, write_image_folder, write_tiny_imagenet
 from models import model_dict
 from runs import run_script, weights
@@ -45,13 +45,13 @@ def cfg_of(name, root, **extra):
 
 
 def test_registry():
-    assert dataset.NAMES == ("cifar100", "cifar10", "tiny_imagenet", "imagenet", "synthetic") == CHOICES["dataset"]
+    assert dataset.NAMES == ("cifar100", "cifar10", "tiny_imagenet", "imagenet", "synthetic")
     shape = {name: (dataset.spec(name).num_classes, dataset.spec(name).image_size) for name in dataset.NAMES}
     assert shape == {"cifar100": (100, 32), "cifar10": (10, 32), "tiny_imagenet": (200, 64),
                      "imagenet": (1000, 224), "synthetic": (100, 32)}
     assert dataset.data_root(cfg_of("cifar10", "")) == "./data/cifar10"
     assert dataset.data_root(cfg_of("imagenet", "/x")) == "/x"
-    with pytest.raises(UserError, match="unknown data set 'mnist'"):
+    with pytest.raises(UserError, match="unknown dataset 'mnist'"):
         dataset.spec("mnist")
 
 

@@ -58,7 +58,7 @@ def test_a_method_that_takes_one_sample_keeps_the_final_batch(data_33, teacher_f
 @pytest.mark.parametrize("extra,expected", [
     (dict(distill="rkd", batch_size=1), "method 'rkd' compares the samples of a batch and needs at least 2"),
     (dict(distill="correlation", batch_size=1), "set batch_size 2 or more"),
-    (dict(distill="ASKD", r=1), "'r' must be at least 2"),
+    (dict(distill="ASKD", r=1), "'r' (ASKD's knob) must be at least 2"),
 ])
 def test_configs_whose_loss_is_undefined_are_refused(extra, expected, data_33, teacher_file, tmp_path, write_cfg):
     run = tmp_path / "run"
@@ -98,8 +98,7 @@ def test_askd_refuses_maps_smaller_than_two_by_two():
     from common.errors import UserError
     from distillers import build
     from helper.config import get_cfg_defaults
-    cfg = get_cfg_defaults()
-    cfg.distill = "ASKD"
+    cfg = get_cfg_defaults("ASKD")
     with pytest.raises(UserError, match="needs maps of at least 2x2, got 1x1"):
         build(cfg, OneByOne(), OneByOne())
 

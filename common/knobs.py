@@ -1,0 +1,66 @@
+"""A method's own config keys ("knobs"), declared on its class:
+
+    class MyKD(Distiller):
+        knobs = (Knob("my_weight", 1.0, "MyKD: weight of the cosine term", non_negative),)
+
+The config accepts a knob when its method is selected, coerced to the type of its default;
+a value its rule refuses is one line before any run folder exists, and the method battery
+(helper/battery.py) checks that each rule's `violations` are refused. Two methods that declare
+one name must mean the same thing by it (`Knob.meaning`): share the Knob object.
+"""
+import dataclasses
+from typing import Any, Callable, Optional
+
+from .errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What a value must satisfy: `holds(value)`, said as `text`; `violations` are values that
+    break it (the battery tries each)."""
+    holds: Callable[[Any], bool]
+    text: str
+    violations: tuple
+
+
+positive = Rule(lambda v: v > 0, "positive", (0, -1))
+non_negative = Rule(lambda v: v >= 0, "non-negative", (-1,))
+
+
+def at_least(low):
+    return Rule(lambda v: v >= low, f"at least {low}", (low - 1,))
+
+
+def in_range(low, high):
+    """low <= value < high."""
+    return Rule(lambda v: low <= v < high, f"in [{low}, {high})", (low - 1, high))
+
+
+def one_of(*choices):
+    return Rule(lambda v: v in choices, f"one of {', '.join(map(str, choices))}", ("no_such_choice",))
+
+
+@dataclasses.dataclass(frozen=True)
+class Knob:
+    name: str
+    default: Any
+    doc: str
+    rule: Optional[Rule] = None
+
+    @property
+    def meaning(self):
+        """What two declarations of one name must agree on."""
+        return type(self.default), self.default, self.doc, self.rule.text if self.rule else None
+
+    def check(self, value, owner):
+        if self.rule is not None and not self.rule.holds(value):
+            raise UserError(f"'{self.name}' ({owner}'s knob) must be {self.rule.text}, got {value!r}")
+
+
+def declared_knobs(cls):
+    """{name: Knob} of a class and its bases (a subclass's declaration wins)."""
+    knobs = {}
+    for klass in reversed(cls.__mro__):
+        for knob in klass.__dict__.get("knobs", ()):
+            knobs[knob.name] = knob
+    return knobs
