@@ -13,7 +13,8 @@
 #      sweep.py --runs-per-gpu K does, under MPS when available), its section of BENCHMARKS.md;
 #   5. bench/eval_cost.py --device cuda: the evaluation of an epoch against its training;
 #   6. sweep.py --runs-per-gpu 2 (the memory probe, MPS, two runs at once);
-#   7. CRD and the plain path through the scripts; bench/benchmark.py --device cuda (the
+#   7. CRD and the plain path through the scripts; the method battery on DKD (its cuda_graph
+#      check: the graphed run against the eager one); bench/benchmark.py --device cuda (the
 #      single-run table, measured before on an H200: last).
 # Each step has its own log (LOG_FOLDER, default $OUT or ./gpu_logs); the last lines of each
 # are printed. Exit status: the number of failed steps (skipped ones are not failures).
@@ -66,6 +67,7 @@ step student_crd 60 python3 train_student.py -cfg configs/quickstart/student.yam
     path_t "$teacher" save_folder "$work/crd" distill crd nce_k 2048 epochs 2 lr_decay_epochs 1
 step student_plain_path 60 python3 train_student.py -cfg configs/quickstart/student.yaml "${data[@]}" \
     device cuda num_workers 8 path_t "$teacher" save_folder "$work/plain" epochs 2 lr_decay_epochs 1
+TAIL=16 step battery_dkd 90 python3 check_method.py dkd --no-ddp
 TAIL=40 step benchmark 420 python3 bench/benchmark.py --device cuda --workers 8
 cp BENCHMARKS.md "$logs/BENCHMARKS.md"
 rm -rf "$work"

@@ -1,0 +1,32 @@
+"""Every registered method passes the method battery (helper/battery.py): a new method is checked
+by being registered. The 2-rank check runs every method in one spawn."""
+import pytest
+
+from distillers import method_names
+from helper.battery import DEFAULT_PAIRS, Battery, Workspace, check_ddp, exit_status, run_battery, table
+
+METHODS = method_names()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_passes_the_battery(method):
+    checks = run_battery(method, ddp=False)
+    assert exit_status(checks) == 0, table(method, checks)
+    assert {c.name for c in checks} >= {"builds", "gradients", "lowers", "resume", "fast", "min_batch"}
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    ws = Workspace(str(tmp_path_factory.mktemp("battery_ddp")), DEFAULT_PAIRS[:1])
+    jobs = []
+    for method in METHODS:
+        battery = Battery(method, DEFAULT_PAIRS[:1], {}, ws)
+        assert battery.builds()[0] == "pass"
+        jobs.append((method, battery.cfg_path))
+    return check_ddp(jobs)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_under_two_gloo_ranks(method, ddp_results):
+    check = ddp_results[method]
+    assert check.status == "pass", check.reason
