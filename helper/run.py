@@ -21,14 +21,19 @@ LATEST = "latest.pth"
 PREVIOUS = "latest.prev.pth"  # the state before the last one: a fallback if latest.pth is damaged
 
 
+def file_name(name):
+    """A registry name as a part of a file name: a plugin's `pkg.module:Name` as `pkg.module.Name`."""
+    return name.replace(":", ".")
+
+
 def run_path(cfg, script):
     folder = cfg.save_folder
     if not folder:
         if script == "teacher":
-            folder = os.path.join("save", "teacher_model", f"{cfg.model}_{cfg.dataset}")
+            folder = os.path.join("save", "teacher_model", file_name(f"{cfg.model}_{cfg.dataset}"))
         else:
-            folder = os.path.join("save", "student_model", cfg.dataset, cfg.distill,
-                                  f"{cfg.model_t}_{cfg.model_s}")
+            folder = os.path.join("save", "student_model", file_name(cfg.dataset), file_name(cfg.distill),
+                                  file_name(f"{cfg.model_t}_{cfg.model_s}"))
     return os.path.join(folder, f"trial_{cfg.trial}") if cfg.trial else folder
 
 
@@ -38,7 +43,7 @@ class RunFolder:
 
     def __init__(self, cfg, script, write=True):
         self.path = run_path(cfg, script)
-        self.model_name = cfg.model if script == "teacher" else cfg.model_s
+        self.model_name = file_name(cfg.model if script == "teacher" else cfg.model_s)
         self.config_dict = to_dict(cfg)
         self.write = write  # False on DDP ranks other than 0
         self.notes = []  # lines for the run's log (written once the folder exists)

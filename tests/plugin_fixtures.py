@@ -36,6 +36,14 @@ GOOD = textwrap.dedent('''
         return resnet8(num_classes=num_classes)
     ''')
 
+DATA_SET = textwrap.dedent('''
+    import dataclasses
+    from dataset.registry import SPECS
+
+    # the synthetic set under another name and folder: the interface of dataset/registry.py
+    SHAPES = dataclasses.replace(SPECS["synthetic"], name="shapes", default_dir="./data/shapes")
+    ''')
+
 SHADOWS_COMMON_KEY = textwrap.dedent('''
     from common.knobs import Knob
     from distillers.kd import HKD

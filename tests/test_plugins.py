@@ -14,11 +14,12 @@ import sys
 import pytest
 import yaml
 
+import evaluate
 import plugin_fixtures as src
 from common.errors import UserError
 from helper.battery import DEFAULT_PAIRS, exit_status, run_battery, table
 from helper.config import load_config
-from runs import ROOT, run_script, tiny_config
+from runs import ROOT, call_cli, run_script, tiny_config
 
 
 @pytest.fixture
@@ -66,6 +67,9 @@ def test_a_plugin_method_and_model_train_are_recorded_and_resume_refuses_changed
 
     code, out, err = run_script("train_student.py", path, "epochs", "2")
     assert code == 0 and "resuming after epoch 1" in out, err
+    code, out = call_cli(evaluate, [str(folder / "goodmod.small_model_last.pth"), "--json"])
+    assert code == 0, out
+    assert json.loads(out)["model"] == "goodmod:small_model"
 
     source.write_text(src.GOOD + "# changed\n")
     code, out, err = run_script("train_student.py", path, "epochs", "3")
@@ -73,6 +77,16 @@ def test_a_plugin_method_and_model_train_are_recorded_and_resume_refuses_changed
     assert "the source of distill goodmod:LogitMSE" in err and "changed since the run started" in err
     assert len(err.strip().splitlines()) == 1
     assert json.dumps(saved["plugins"]) in json.dumps(yaml.safe_load((folder / "config.yaml").read_text())["plugins"])
+
+
+def test_a_plugin_data_set_trains_a_teacher(plugins, tmp_path, write_cfg):
+    plugins("shapesmod", src.DATA_SET)
+    cfg = tiny_config(str(tmp_path / "shapes"), str(tmp_path / "run"), dataset="shapesmod:SHAPES", epochs=1)
+    code, out, err = run_script("train_teacher.py", write_cfg(cfg))
+    assert code == 0, err
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["plugins"]["dataset"]["import"] == "shapesmod:SHAPES"
+    assert (tmp_path / "shapes").is_dir()
 
 
 def test_plugin_path_adds_a_folder(tmp_path, write_cfg, synthetic_dir, teacher_file):
