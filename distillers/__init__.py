@@ -14,18 +14,25 @@ from .at import AT
 from .base import Distiller, Vanilla
 from .cc import CC
 from .crd import CRD
+from .ctkd import CTKD
+from .dist import DIST
 from .dkd import DKD
 from .factor import FT
 from .fitnet import FitNet
 from .fsp import FSP
 from .kd import HKD
 from .kdsvd import KDSVD
+from .luminet import LumiNet
+from .mlkd import MLKD
+from .nkd import NKD
 from .nst import NST
 from .ofd import OFD
 from .pkt import PKT
 from .reviewkd import ReviewKD
 from .rkd import RKD
+from .rld import RLD
 from .sp import SP
+from .ttm import TTM, WTTM
 from .vid import VID
 
 METHODS = {
@@ -48,6 +55,14 @@ METHODS = {
     "nst": NST,
     "kdsvd": KDSVD,
     "ASKD": ASKD, "askd": ASKD,
+    "dist": DIST,
+    "ctkd": CTKD,
+    "nkd": NKD,
+    "ttm": TTM,
+    "wttm": WTTM,
+    "rld": RLD,
+    "luminet": LumiNet,
+    "mlkd": MLKD,
 }
 
 
@@ -104,5 +119,5 @@ def build(cfg, student, teacher=None, train_targets=None):
 
 
 __all__ = ["METHODS", "Distiller", "build", "builtin_knob_owners", "distiller_names", "method_class", "method_names",
-           "AB", "ASKD", "AT", "CC", "CRD", "DKD", "FSP", "FT", "FitNet", "HKD", "KDSVD", "NST", "OFD",
-           "PKT", "RKD", "SP", "VID", "Vanilla"]
+           "AB", "ASKD", "AT", "CC", "CRD", "CTKD", "DIST", "DKD", "FSP", "FT", "FitNet", "HKD", "KDSVD",
+           "LumiNet", "MLKD", "NKD", "NST", "OFD", "PKT", "RKD", "RLD", "SP", "TTM", "VID", "Vanilla", "WTTM"]

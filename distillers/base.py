@@ -32,6 +32,7 @@ class Distiller(nn.Module):
     teacher_preact = False  # True: the teacher's features are pre-activation even when preact is not
     teacher_train_mode = False  # True: the teacher follows the distiller's mode (BN batch statistics)
     check_settings = {}  # config values the method battery (helper/battery.py) runs it with
+    strong_view = False  # True: each batch of B images holds 2B, the weak views then the strong (MLKD)
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__()
@@ -78,11 +79,16 @@ class Distiller(nn.Module):
         with torch.no_grad():
             feats_t, logits_t = self.teacher(image, is_feat=True, preact=self.preact or self.teacher_preact)
         if self.alpha:
-            losses["kd"] = self.alpha * hinton_kd(logits_s, logits_t, self.kd_T)
+            losses["kd"] = self.alpha * self.kd_term(logits_s, logits_t)
         if self.beta:
             terms = self.method_losses(feats_s, logits_s, feats_t, logits_t, target, index)
             losses.update({name: self.beta * value for name, value in terms.items()})
         return logits_s, losses
+
+    def kd_term(self, logits_s, logits_t):
+        """Hinton's KD at kd_T, weighted by alpha in `forward` (a method may change it: logit
+        standardisation, CTKD's learnt temperature)."""
+        return hinton_kd(logits_s, logits_t, self.kd_T)
 
     def method_losses(self, feats_s, logits_s, feats_t, logits_t, target, index):
         """The method's own terms, unweighted by beta: {name: scalar tensor}."""
@@ -94,9 +100,9 @@ class Distiller(nn.Module):
         return None
 
     def start_epoch(self, epoch):
-        """Called before each main-training epoch (counted from 1): moves every `WarmUp`."""
+        """Called before each main-training epoch (counted from 1): moves every `Schedule`."""
         for module in self.modules():
-            if isinstance(module, WarmUp):
+            if isinstance(module, Schedule):
                 module.start_epoch(epoch)
 
 
@@ -108,21 +114,38 @@ class InitStage(NamedTuple):
     lr: Optional[float] = None
 
 
-WARMUP_EPOCHS = Knob("warmup_epochs", 20, "DKD/ReviewKD: the method's loss ramps up as "
+LOGIT_STAND = Knob("logit_stand", False, "KD, DKD, CTKD, MLKD: z-score each sample's logits over the classes "
+                                         "before the temperature (logit standardisation, CVPR 2024)")
+WARMUP_EPOCHS = Knob("warmup_epochs", 20, "DKD, ReviewKD, RLD, LumiNet: the method's loss ramps up as "
                      "min(epoch / warmup_epochs, 1)", non_negative)
 
 
-class WarmUp(nn.Module):
+class Schedule(nn.Module):
+    """A value that follows the epoch: `value(epoch)` is written into the device tensor `factor`
+    at the start of each epoch (`Distiller.start_epoch`), so a captured CUDA graph follows it;
+    not saved (resume sets it again)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("factor", torch.ones(()), persistent=False)
+
+    def start_epoch(self, epoch):
+        self.factor.fill_(self.value(epoch))
+
+    def value(self, epoch):
+        raise NotImplementedError
+
+
+class WarmUp(Schedule):
     """A loss weight that ramps up as min(epoch / epochs, 1) (mdistiller's warm-up; epochs 0:
-    always 1). A device tensor, so a captured CUDA graph follows it; set by `start_epoch`."""
+    always 1)."""
 
     def __init__(self, epochs):
         super().__init__()
         self.epochs = int(epochs)
-        self.register_buffer("factor", torch.ones(()), persistent=False)
 
-    def start_epoch(self, epoch):
-        self.factor.fill_(min(epoch / self.epochs, 1.0) if self.epochs else 1.0)
+    def value(self, epoch):
+        return min(epoch / self.epochs, 1.0) if self.epochs else 1.0
 
     def forward(self, loss):
         return self.factor * loss

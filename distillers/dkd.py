@@ -13,6 +13,9 @@ The binary probabilities are taken in log space (log p_g and the log-sum-exp of 
 which is the original's sum-then-log without its underflow; NCKD masks the true class as the
 original does, by subtracting 1000 from its tempered logit.
 
+`logit_stand true`: both logits z-scored per sample before the temperature (Sun et al., CVPR
+2024; its DKD recipe: dkd_alpha and dkd_beta times 9, kd_T 2: configs/kds/dkd_ls/).
+
 Refused: dkd_alpha < 0 or dkd_beta < 0 (a negative KL weight), warmup_epochs < 0, and logits
 of fewer than 2 classes (no non-target class: both KLs are undefined).
 """
@@ -22,39 +25,38 @@ import torch.nn.functional as F
 from common.errors import UserError
 from common.knobs import Knob, non_negative
 
-from .base import WARMUP_EPOCHS, Distiller, WarmUp
-from .functional import hinton_kd
+from .base import LOGIT_STAND, WARMUP_EPOCHS, Distiller, WarmUp
+from .functional import hinton_kd, log_binary, standardize
 
 
 def dkd_loss(logits_s, logits_t, target, alpha, beta, T):
     """alpha * TCKD + beta * NCKD (see the module's docstring); the teacher side is taken as
     given (call it without gradient)."""
-    classes = torch.arange(logits_s.shape[1], device=target.device)
-    true_class = classes == target.unsqueeze(1)  # (B, K) mask; one_hot would sync on CUDA
-
-    def log_binary(logits):  # (B, 2): log p of the true class, log p of all the others
-        log_p = F.log_softmax(logits / T, dim=1)
-        log_true = log_p.gather(1, target.unsqueeze(1))
-        log_rest = log_p.masked_fill(true_class, float("-inf")).logsumexp(dim=1, keepdim=True)
-        return torch.cat([log_true, log_rest], dim=1)
-
-    tckd = F.kl_div(log_binary(logits_s), log_binary(logits_t), reduction="sum", log_target=True)
+    true_class = torch.arange(logits_s.shape[1], device=target.device) == target.unsqueeze(1)  # (B, K)
+    tckd = F.kl_div(log_binary(logits_s, target, T), log_binary(logits_t, target, T), reduction="sum",
+                    log_target=True)
     tckd = tckd * T ** 2 / logits_s.shape[0]
     mask = 1000.0 * T * true_class  # z / T - 1000 on the true class: its probability is 0
     nckd = hinton_kd(logits_s - mask, logits_t - mask, T)
     return alpha * tckd + beta * nckd
 
 
+DKD_ALPHA = Knob("dkd_alpha", 1.0, "DKD: weight of the target-class KL (TCKD)", non_negative)
+DKD_BETA = Knob("dkd_beta", 8.0, "DKD: weight of the non-target-class KL (NCKD)", non_negative)
+
+
 class DKD(Distiller):
     knobs = (
-        Knob("dkd_alpha", 1.0, "DKD: weight of the target-class KL (TCKD)", non_negative),
-        Knob("dkd_beta", 8.0, "DKD: weight of the non-target-class KL (NCKD)", non_negative),
+        DKD_ALPHA,
+        DKD_BETA,
         WARMUP_EPOCHS,
+        LOGIT_STAND,
     )
     needs_feats = False
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
+        self.logit_stand = bool(cfg.logit_stand)
         self.tckd_weight, self.nckd_weight = float(cfg.dkd_alpha), float(cfg.dkd_beta)
         self.warmup = WarmUp(cfg.warmup_epochs)
 
@@ -62,5 +64,7 @@ class DKD(Distiller):
         if logits_s.shape[1] < 2:
             raise UserError(f"DKD needs at least 2 classes (it splits the target class from the "
                             f"others), got logits of {logits_s.shape[1]}")
+        if self.logit_stand:
+            logits_s, logits_t = standardize(logits_s), standardize(logits_t)
         return {"dkd": self.warmup(dkd_loss(logits_s, logits_t, target, self.tckd_weight,
                                             self.nckd_weight, self.kd_T))}

@@ -12,10 +12,28 @@ def hinton_kd(logits_s, logits_t, T):
     """Hinton et al., "Distilling the Knowledge in a Neural Network" (2015).
 
     KL(softmax(t / T) || softmax(s / T)), summed over classes, averaged over the batch, times T^2.
+    The teacher's side is taken in log space, so a teacher probability of exactly 0 (DKD's masked
+    class) gives a gradient of 0, not NaN, to a temperature that requires one (CTKD).
     """
     log_p_s = F.log_softmax(logits_s / T, dim=1)
-    p_t = F.softmax(logits_t / T, dim=1)
-    return F.kl_div(log_p_s, p_t, reduction="sum") * T ** 2 / logits_s.shape[0]
+    log_p_t = F.log_softmax(logits_t / T, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True) * T ** 2 / logits_s.shape[0]
+
+
+def log_binary(logits, cls, T):
+    """(B, 2): log p[cls] and the log of the other classes' total, p = softmax(logits / T); in
+    log space (DKD's and RLD's sum-then-log of probabilities, without its underflow)."""
+    log_p = F.log_softmax(logits / T, dim=1)
+    chosen = torch.arange(logits.shape[1], device=logits.device) == cls.unsqueeze(1)
+    return torch.cat([log_p.gather(1, cls.unsqueeze(1)),
+                      log_p.masked_fill(chosen, float("-inf")).logsumexp(dim=1, keepdim=True)], dim=1)
+
+
+def standardize(logits):
+    """Logit standardisation (Sun et al., "Logit Standardization in Knowledge Distillation",
+    CVPR 2024): each sample's logits z-scored over the classes, (z - mean) / (1e-7 + std), the std
+    unbiased and the 1e-7 added to it, as the authors' `normalize`."""
+    return (logits - logits.mean(dim=1, keepdim=True)) / (1e-7 + logits.std(dim=1, keepdim=True))
 
 
 # -- normalised pairwise distances (RKD across samples, ASKD within a sample) ------------------
@@ -217,3 +235,12 @@ def kdsvd_loss(maps_s, maps_t, k):
             loss = loss + _finite((rbf(v_s, previous[0]) - rbf(v_t, previous[1])).pow(2)).sum()
         previous = v_s, v_t
     return loss / maps_s[0].shape[0]
+
+
+# -- relations between probability vectors (DIST) --------------------------------------------
+
+def softmax_pearson_distance(a, b, eps=1e-8):
+    """1 - the mean over rows of the Pearson correlation between the rows of a and b (B, K):
+    the centred rows' cosine, eps added to the product of their norms (DIST's)."""
+    a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
+    return 1 - ((a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)).mean()
