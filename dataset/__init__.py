@@ -13,6 +13,7 @@ import torch
 from .cifar100 import read_split  # noqa: F401  (CIFAR-100's reader: images, labels)
 from .images import IndexedImages
 from .registry import NAMES, DataSpec, data_root, spec  # noqa: F401
+from .strong_view import TwoViews, collate_views
 
 
 def prepare_data(cfg):
@@ -49,13 +50,18 @@ class EpochSampler(torch.utils.data.Sampler):
         return math.ceil(self.size / self.world_size)
 
 
-def build_train_loader(cfg, rank=0, world_size=1):
+def build_train_loader(cfg, rank=0, world_size=1, strong_view=False):
+    """This rank's training batches. `strong_view`: each image also as its strong view
+    (dataset/strong_view.py), a batch of B images then holding 2B: the weak views, then the strong."""
     data_set = spec(cfg.dataset)
-    data = IndexedImages(data_set.read(data_root(cfg), "train"), data_set.train_transform())
+    transform = data_set.train_transform()
+    if strong_view:
+        transform = TwoViews(transform)
+    data = IndexedImages(data_set.read(data_root(cfg), "train"), transform)
     sampler = EpochSampler(len(data), cfg.seed, rank, world_size)
     return torch.utils.data.DataLoader(
         data, batch_size=cfg.batch_size // world_size, sampler=sampler, num_workers=cfg.num_workers,
-        pin_memory=torch.cuda.is_available())
+        pin_memory=torch.cuda.is_available(), collate_fn=collate_views if strong_view else None)
 
 
 def build_test_loader(cfg, batch_size=256, num_workers=0):

@@ -11,8 +11,9 @@ refusing a path in one line (its `UserError`) passes that check. The checks, in 
 - losses: a training forward gives named, finite, scalar losses ("ce" among them);
 - gradients: every trainable parameter the distiller owns gets a gradient, the teacher's none
   (the init stage's modules in their stage);
-- lowers: 20 steps on one batch (learning rate 0.02) lower each of the method's terms
-  (cross-entropy and KD off; KD on for a method without a term of its own);
+- lowers: 20 steps on one batch (learning rate 0.02) lower the sum of the method's terms, in
+  its init stage and in the main training (cross-entropy and KD off; KD on for a method
+  without a term of its own);
 - teacher: after those steps the teacher is in eval mode (train mode where the method declares
   `teacher_train_mode`) and unchanged (its BN statistics may move in train mode);
 - checkpoint: the distiller's state saved and loaded as latest.pth rebuilds an equal distiller;
@@ -121,7 +122,7 @@ def quiet(fn, *args, **kwargs):
 
 def build_distiller(cfg_path, overrides=()):
     """(cfg, distiller, batch) of a config: the models as the training script builds them, and a
-    fixed training batch of 16 synthetic images."""
+    fixed training batch of 16 synthetic images (`make_batch`)."""
     import dataset
     from distillers import build
     from helper.checkpoint import load_teacher
@@ -135,10 +136,22 @@ def build_distiller(cfg_path, overrides=()):
     images, targets = dataset.read_split(dataset.data_root(cfg), "train")
     targets = torch.as_tensor(targets)
     distiller = build(cfg, student, teacher, targets)
-    gen = torch.Generator().manual_seed(1)
     index = torch.arange(16)
-    batch = torch.randn(16, 3, 32, 32, generator=gen), targets[index], index
-    return cfg, distiller, batch
+    return cfg, distiller, make_batch(distiller, targets[index], index, seed=1)
+
+
+def make_batch(distiller, target, index, seed):
+    """(image, target, index) of random images: as the loader makes them, the views of a method
+    that takes two (`strong_view`) one after the other."""
+    views = 2 if distiller.strong_view else 1
+    image = torch.randn(views * len(index), 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    return image, target, index
+
+
+def take(batch, n):
+    """The first n samples of a batch, every view of them."""
+    image, target, index = batch
+    return torch.cat([v[:n] for v in image.split(len(target))]), target[:n], index[:n]
 
 
 def _snapshot(module):
@@ -261,7 +274,7 @@ class Battery:
         teacher = distiller.teacher
         before = _snapshot(teacher)
         trainer = self.trainer(cfg, distiller)
-        lowered, stuck = [], []
+        moves, stuck, any_term = [], [], False
         stage = distiller.init_stage()
         runs = []
         frozen = []
@@ -283,21 +296,23 @@ class Battery:
             first = {k: v.item() for k, v in step(*batch)[1].items()}
             for _ in range(steps):
                 last = {k: v.item() for k, v in step(*batch)[1].items()}
-            for term in (t for t in first if t != "ce"):
-                where = f"{term} ({label})" if label else term
-                (lowered if last[term] < first[term] else stuck).append(
-                    f"{where} {first[term]:.4g} -> {last[term]:.4g}")
+            terms = [t for t in first if t != "ce"]
+            any_term = any_term or bool(terms)
+            moves += [f"{term}{f' ({label})' if label else ''} {first[term]:.4g} -> {last[term]:.4g}" for term in terms]
+            if terms and sum(last[t] for t in terms) >= sum(first[t] for t in terms):
+                stuck.append(label or "main training")
             if stage_modules is not None:
                 for p in frozen:
                     p.requires_grad_(False)
-        if not stuck and not lowered and not alpha:
+        if not any_term and not alpha:
             return self.lowers_and_teacher(steps, alpha=1)
-        if stuck:
-            lowers = ("fail", f"not lowered in {steps} steps: {'; '.join(stuck)}")
-        elif not lowered:
+        if not any_term:
             lowers = ("fail", "the method returns no term besides 'ce'")
+        elif stuck:
+            lowers = ("fail", f"the sum of the terms did not fall in {steps} steps ({', '.join(stuck)}): "
+                              f"{'; '.join(moves)}")
         else:
-            lowers = ("pass", "; ".join(lowered))
+            lowers = ("pass", "; ".join(moves))
         distiller.train()
         mode = self.cls.teacher_train_mode
         after = teacher.state_dict()
@@ -387,7 +402,7 @@ class Battery:
         distiller.train()
         _full_warm_up(distiller, cfg)
         with torch.no_grad():
-            _, losses = distiller(*(x[:need] for x in batch))
+            _, losses = distiller(*take(batch, need))
         bad = [k for k, v in losses.items() if not torch.isfinite(v)]
         if bad:
             return "fail", (f"declares min_batch {need}, but a batch of {need} gives a non-finite "
@@ -396,8 +411,8 @@ class Battery:
             return "pass", "min_batch 1: a batch of 1 gives finite losses"
         seen = []
         forward = distiller.forward
-        distiller.forward = lambda image, *rest: (seen.append(len(image)), forward(image, *rest))[1]
-        loader = _Batches([tuple(x[:BATCH // 4] for x in batch), tuple(x[:need - 1] for x in batch)])
+        distiller.forward = lambda image, target, *rest: (seen.append(len(target)), forward(image, target, *rest))[1]
+        loader = _Batches([take(batch, BATCH // 4), take(batch, need - 1)])
         from helper.trainer import Trainer
         trainer = Trainer(cfg, distiller, loader, None, None, None, torch.device("cpu"))
         quiet(trainer.train_epoch, "epoch 1/1", trainer.train_step, cfg.learning_rate)
@@ -449,9 +464,8 @@ def _ddp_worker(rank, port, jobs, out):
     for name, cfg_path in jobs:
         try:
             cfg, distiller, batch = build_distiller(cfg_path)
-            gen = torch.Generator().manual_seed(rank)
-            batches = _Batches([(torch.randn(8, 3, 32, 32, generator=gen), batch[1][:8],
-                                 torch.arange(8) + 8 * i + 24 * rank) for i in range(3)])
+            batches = _Batches([make_batch(distiller, batch[1][:8], torch.arange(8) + 8 * i + 24 * rank,
+                                           seed=10 * rank + i) for i in range(3)])
             trainer = Trainer(cfg, distiller, batches, None, None, None, torch.device("cpu"), ctx)
             seen = set()
             for n, p in distiller.named_parameters():

@@ -24,6 +24,9 @@ def check_method(cfg, world_size):
     if cfg.cuda_graph and not method.capturable:
         raise UserError(f"method '{cfg.distill}' reads the GPU from the host during its step, which "
                         f"a CUDA graph cannot hold: set cuda_graph false")
+    if cfg.fast and method.strong_view:
+        raise UserError(f"method '{cfg.distill}' trains on a second, strongly augmented view of each image "
+                        f"(PIL RandAugment), which the fast path does not make: set fast false")
     need, per_rank = method.min_batch, cfg.batch_size // world_size
     if per_rank < need:
         where = f" per process ({world_size} processes)" if world_size > 1 else ""
@@ -62,7 +65,7 @@ class Session:
             from dataset.device_loader import build_fast_loaders
             self.train_loader, self.test_loader = build_fast_loaders(cfg, self.device, ctx.rank, ctx.world_size)
         else:
-            self.train_loader = dataset.build_train_loader(cfg, ctx.rank, ctx.world_size)
+            self.train_loader = dataset.build_train_loader(cfg, ctx.rank, ctx.world_size, self.strong_view(cfg, script))
             self.test_loader = dataset.build_test_loader(cfg, batch_size=256, num_workers=cfg.num_workers)
         self.logger, self.early_lines = None, []
         for note in self.run.notes:
@@ -71,6 +74,11 @@ class Session:
         self.log(f"run folder {self.run.path} on {self.device}" +
                  (f" x {ctx.world_size} processes" if ctx.enabled else "") +
                  (f", resuming after epoch {state['epoch']}" if state else ""))
+
+    @staticmethod
+    def strong_view(cfg, script):
+        from distillers import method_class
+        return script == "student" and method_class(cfg.distill)[0].strong_view
 
     def log(self, text):
         """Print now; written to log.txt once the run folder is created (after every check)."""

@@ -8,7 +8,7 @@ import torch
 
 import dataset
 from distillers import build
-from helper.battery import calibrated
+from helper.battery import calibrated, make_batch
 from helper.config import load_config
 from helper.trainer import Trainer
 from models import model_dict
@@ -55,7 +55,7 @@ def test_every_shipped_config_builds_and_steps(path, synthetic_dir, models_cache
     targets = torch.as_tensor(dataset.read_split(synthetic_dir, "train")[1])
     distiller = build(cfg, student, teacher, targets)
     trainer = Trainer(cfg, distiller, None, None, None, None, torch.device("cpu"))
-    image, target, index = torch.randn(4, 3, 32, 32), targets[:4], torch.arange(4)
+    image, target, index = make_batch(distiller, targets[:4], torch.arange(4), seed=0)
     stage = distiller.init_stage()
     if stage is not None:  # as the loop runs it: the stage's frozen modules train in the stage
         params = list(stage.modules.parameters())
