@@ -89,10 +89,13 @@ class Grid:
             cells += [(t, VANILLA, p) for t, p in self.students.get(model, [])]
             return cells, ("" if cells else f"model {model or '?'} is neither a teacher nor a student of the tables")
         method = DISTILL_TO_METHOD.get(distill) or OTHER_ALIASES.get(distill, distill)
-        if str(config.get("optimizer", "sgd")).lower() == "dot":
-            method += "_dot"
+        variants = [(suffix, words) for suffix, words, on in (
+            ("_dkd", " over dkd", config.get("ctkd_over") == "dkd"),
+            ("_ls", " with logit_stand", config.get("logit_stand") is True),
+            ("_dot", " with optimizer dot", str(config.get("optimizer", "sgd")).lower() == "dot")) if on]
+        method += "".join(suffix for suffix, _ in variants)
         if method not in METHODS and method not in self.others:
-            return [], f"method '{distill}'{' with optimizer dot' * method.endswith('_dot')} is not a row of the tables"
+            return [], f"method '{distill}'{''.join(w for _, w in variants)} is not a row of the tables"
         pairs = self.by_models.get((config.get("model_t"), config.get("model_s")), [])
         if not pairs:
             return [], f"pair {config.get('model_t')} -> {config.get('model_s')} is not in the tables"

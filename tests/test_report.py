@@ -264,3 +264,22 @@ def test_plot_without_matplotlib_is_one_line(real_runs, tmp_path, monkeypatch):
     code, text = call([str(real_runs), "--plot", str(tmp_path / "curves.png")])
     assert code == 2 and text.strip() == "error: --plot needs matplotlib, which is not installed: pip install matplotlib"
     assert not (tmp_path / "curves.png").exists()
+
+
+def test_logit_methods_of_2022_2025_meet_their_published_figures(tmp_path):
+    """KD with logit_stand is the KD+LS row, CTKD over DKD its own row, DIST and TTM theirs."""
+    make_run(tmp_path / "kd_ls", "kds/kd_ls/resnet32x4_resnet8x4.yaml", [77.0])
+    make_run(tmp_path / "dist", "kds/dist/resnet32x4_resnet8x4.yaml", [76.0])
+    make_run(tmp_path / "ttm", "kds/ttm/res110_res20.yaml", [71.0])
+    make_run(tmp_path / "ctkd_dkd", "kds/ctkd_dkd/wrn-40-2_wrn-16-2.yaml", [75.0])
+    code, out = call([str(tmp_path)])
+    assert code == 0, out
+    part = out.split("## Other methods, published elsewhere")[1].split("\n## ")[0]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")[1:]]
+            for line in part.splitlines() if line.startswith("| ") and not line.startswith("| |")}
+    assert rows["KD+LS [ls]"][2] == "77.00 (n=1); paper 76.62; Δ +0.38"
+    assert rows["DIST [dist_kd]"][2] == "76.00 (n=1); paper 76.31; Δ -0.31"
+    assert rows["TTM [ttm]"][1] == "71.00 (n=1); paper 71.46; Δ -0.46"
+    assert rows["CTKD over DKD [none]"][3] == "75.00 (n=1); paper N/A"
+    assert rows["CTKD [ctkd]"][:2] == ["paper 73.52", "paper 70.99"]
+    assert "is not a row" not in out
