@@ -73,6 +73,7 @@ from dataset.synthetic import write_synthetic_cifar100  # noqa: E402
 from helper import packing  # noqa: E402
 from helper.config import load_config  # noqa: E402
 from helper.grid import METHODS, TABLES, method_config, pair_models, paper  # noqa: E402
+from helper.session import Session, check_method  # noqa: E402
 from helper.trainer import Trainer  # noqa: E402
 from models import model_dict  # noqa: E402
 
@@ -99,6 +100,13 @@ CASES = [
     ("askd_mobilenetv2", "configs/kds/ours/vgg13_mobilenetv2.yaml", "student", [],
      "ASKD: vgg13 -> MobileNetV2"),
 ]
+# the logit methods of 2022-2025 papers, beside KD on the same pair (--cases logit); not in the default set
+LOGIT_CASES = [(m, f"configs/kds/{m}/resnet32x4_resnet8x4.yaml", "student", [], f"{label}: resnet32x4 -> resnet8x4")
+               for m, label in (("dkd", "DKD"), ("dist", "DIST"), ("ctkd", "CTKD"), ("nkd", "NKD"), ("ttm", "TTM"),
+                                ("wttm", "WTTM"), ("rld", "RLD"), ("luminet", "LumiNet"), ("kd_ls", "KD+LS"),
+                                ("mlkd", "MLKD (two views, plain path only)"))]
+DEFAULT_CASES = [c[0] for c in CASES]
+CASES += LOGIT_CASES
 # key: (path, precision, label, overrides); the modes measured by default on each device
 MODES = {
     "plain": ("plain", "fp32", "plain", {}),
@@ -256,10 +264,12 @@ def build_case(case, mode, data_dir, device, workers, batch_size):
     if cfg.compile:
         for model in models:
             model.compile()
+    if script == "student":
+        check_method(cfg, 1)  # what the method refuses (MLKD's two views on the fast path) is one line
     if path == "fast":
         loader, _ = build_fast_loaders(cfg, device)
     else:
-        loader = dataset.build_train_loader(cfg)
+        loader = dataset.build_train_loader(cfg, strong_view=Session.strong_view(cfg, script))
     targets = torch.as_tensor(loader.dataset.targets)
     teacher = models[1] if len(models) > 1 else None
     distiller = distillers.build(cfg, models[0], teacher, targets).to(device)
@@ -512,9 +522,9 @@ def header(title, device, args, command):
             f"- command: `{command}`"]
 
 
-def section(device, args, command, data_rows, results, memory_method):
+def section(device, args, command, data_rows, results, memory_method, title=None):
     kind = device.type
-    out = header(kind.upper(), device, args, command) + [
+    out = header(title or kind.upper(), device, args, command) + [
            f"- batch {args.batch_size}; per mode {args.warmup} warm-up steps, then the median of "
            f"{args.repeats} blocks of {args.steps} steps, the modes of a case interleaved block by "
            f"block; plain path with {args.workers} DataLoader workers",
@@ -633,8 +643,9 @@ def main():
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="plain path DataLoader workers (default min(4, cores))")
-    parser.add_argument("--cases", default=",".join(c[0] for c in CASES),
-                        help="comma-separated subset of: " + ", ".join(c[0] for c in CASES))
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES),
+                        help="comma-separated subset of: " + ", ".join(c[0] for c in CASES) +
+                        " (default: " + ",".join(DEFAULT_CASES) + "); logit: KD and every logit method")
     parser.add_argument("--modes", help="comma-separated subset of: " + ", ".join(MODES) +
                         " (default: " + "; ".join(f"{d}: {','.join(m)}" for d, m in DEFAULT_MODES.items()) + ")")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
@@ -665,7 +676,7 @@ def main():
             sys.exit("--packing: every K must be at least 1")
     if "plain" not in args.modes or set(args.modes) - set(MODES):
         sys.exit(f"--modes must include plain and name only: {', '.join(MODES)}")
-    wanted = args.cases.split(",")
+    wanted = ["kd", *(c[0] for c in LOGIT_CASES)] if args.cases == "logit" else args.cases.split(",")
     unknown = set(wanted) - {c[0] for c in CASES}
     if unknown:
         sys.exit(f"unknown case(s) {', '.join(sorted(unknown))}; valid: {', '.join(c[0] for c in CASES)}")
@@ -709,10 +720,13 @@ def main():
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     args.load_after = "%.1f/%.1f/%.1f" % os.getloadavg()
-    text = section(device, args, command, data_rows, results, memory.method)
+    # the logit methods' table is a section of its own beside the default one
+    group = "-logit" if set(wanted) & {c[0] for c in LOGIT_CASES} else ""
+    text = section(device, args, command, data_rows, results, memory.method,
+                   f"{device.type.upper()}, the logit methods beside KD" if group else None)
     print("\n" + text)
     if not args.no_write:
-        key = f"{device.type}:{device_name(device).split(' (')[0]}"
+        key = f"{device.type}{group}:{device_name(device).split(' (')[0]}"
         write_markdown(key, text)
         print(f"written into {MARKDOWN} (section {key})")
 

@@ -20,8 +20,12 @@ NOT_APPLICABLE = {"r34_r18": set(), "r50_mv1": {"FSP", "KDSVD"}}
 CHEAP_PROBE = 64   # input side of the dry forward passes below (the models' own is 224)
 
 
+# the logit baselines of 2022-2025 papers ship CIFAR-100 configs only (README, The real experiments)
+CIFAR_ONLY = {"DIST", "CTKD", "NKD", "TTM", "WTTM", "RLD", "LumiNet", "MLKD"}
+
+
 def test_every_method_has_a_file_per_pair():
-    methods = {cls.__name__ for name, cls in distillers.METHODS.items() if name != "vanilla"}
+    methods = {cls.__name__ for name, cls in distillers.METHODS.items() if name != "vanilla"} - CIFAR_ONLY
     assert sorted(p.name for p in ROOT.iterdir()) == sorted(PAIRS)
     for pair in PAIRS:
         covered = {distillers.METHODS[load_config(str(f), script="student").distill].__name__

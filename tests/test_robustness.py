@@ -69,7 +69,7 @@ def test_configs_whose_loss_is_undefined_are_refused(extra, expected, data_33, t
 
 
 def test_the_minimum_batch_is_per_process():
-    cfg = dict(distill="rkd", batch_size=2, cuda_graph=False)
+    cfg = dict(distill="rkd", batch_size=2, cuda_graph=False, fast=False)
 
     class Cfg(dict):
         __getattr__ = dict.__getitem__
