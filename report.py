@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from helper.cli import run_main
 from common.errors import UserError
-from helper.grid import (DISTILL_TO_METHOD, METHODS, PAPER_FILE, TABLES, VANILLA, pair_models, paper,
+from helper.grid import (DISTILL_TO_METHOD, METHODS, PAPER_FILE, TABLES, VANILLA, diverged, pair_models, paper,
                          paper_figure, read_config, read_log, run_state, top1)
 
 TITLES = {"similar": "Teacher and student of similar architectures",
@@ -42,7 +42,7 @@ class RunInfo:
     log: dict = field(default_factory=dict)
     cells: list = field(default_factory=list)   # [(table, row, pair)]
     value: float = None
-    status: str = "ok"                          # ok, unfinished, other
+    status: str = "ok"                          # ok, unfinished, diverged, other
     reason: str = ""
 
     @property
@@ -110,6 +110,10 @@ def load_run(folder, grid, rule):
     except (OSError, UserError) as e:
         run.status, run.reason = "other", f"unreadable: {e}"
         return run
+    line = diverged(folder)  # whatever its cell: a diverged run is never a result
+    if line:
+        run.status, run.reason = "diverged", line[len("diverged: "):]
+        return run
     run.cells, why = grid.cells(run.config)
     if not run.cells:
         run.status, run.reason = "other", why
@@ -166,12 +170,14 @@ def render(root, runs, data, rule, dataset):
     tables, cells = data["tables"], collect(runs)
     ok = [r for r in runs if r.status == "ok"]
     unfinished = [r for r in runs if r.status == "unfinished"]
+    gone = [r for r in runs if r.status == "diverged"]
     other = [r for r in runs if r.status == "other"]
     paper_rule = data.get("rule", "best")
     lines = [
         "# ASKD reproduction: CIFAR-100 top-1 (%)", "",
         f"Runs under `{root}`: {len(runs)} found, {len(ok)} finished and averaged, "
-        f"{len(unfinished)} unfinished (not averaged), {len(other)} not in the tables or unreadable.", "",
+        f"{len(unfinished)} unfinished (not averaged), {len(gone)} diverged (not averaged), "
+        f"{len(other)} not in the tables or unreadable.", "",
         f"Rule: **{rule}** ({RULES[rule]}). The paper's figures use the rule **{paper_rule}** "
         f"(the ASKD code kept the best test epoch; the CRD repository reported the last epoch).", "",
     ]
@@ -202,6 +208,10 @@ def render(root, runs, data, rule, dataset):
     if unfinished:
         lines += ["## Unfinished runs (not averaged)", "", "| run folder | run | progress |", "|---|---|---|"]
         lines += [f"| `{r.folder}` | {r.label} | {r.reason} |" for r in unfinished]
+        lines.append("")
+    if gone:
+        lines += ["## Diverged runs (not averaged)", "", "| run folder | run | what its log says |", "|---|---|---|"]
+        lines += [f"| `{r.folder}` | {r.label} | {r.reason} |" for r in gone]
         lines.append("")
     if other:
         lines += ["## Runs left out", "", "| run folder | why |", "|---|---|"]

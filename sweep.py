@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from helper import packing
 from helper.cli import run_main
 from common.errors import UserError
-from helper.grid import (METHODS, ROOT, TABLES, VANILLA, method_config, pair_models, paper, run_state,
+from helper.grid import (METHODS, ROOT, TABLES, VANILLA, diverged, method_config, pair_models, paper, run_state,
                          vanilla_config)
 
 SWEEP_SETS = ("seed", "save_folder")  # keys the sweep sets for every run itself
@@ -464,27 +464,32 @@ def main(argv=None):
     if args.group:
         return run_group(args)
     runs = plan(args)
-    todo = [r for r in runs if r.state != "finished"]
-    skipped = len(runs) - len(todo)
+    todo = [r for r in runs if r.state not in ("finished", "diverged")]
+    gone = [r for r in runs if r.state == "diverged"]
+    skipped = len(runs) - len(todo) - len(gone)
     resumes = [r for r in todo if r.state == "unfinished"]
     missing = sorted({r.path_t for r in todo if r.path_t and not os.path.isfile(r.path_t)})
     if args.dry_run:
         for run in runs:
             state = {"new": "launch", "unfinished": f"resume (after epoch {run.done_epochs})",
-                     "finished": "skip (finished)", "unreadable": "launch (latest.pth unreadable)"}[run.state]
+                     "finished": "skip (finished)", "unreadable": "launch (latest.pth unreadable)",
+                     "diverged": "skip (diverged: see its log.txt)"}[run.state]
             print(f"{state:30s} {run.name}\n    {run.shell()}")
         for path in missing:
             print(f"warning: teacher checkpoint {path} is missing")
         print(f"dry run: {len(runs)} run(s): {len(todo)} to launch ({len(resumes)} resumed), "
-              f"{skipped} skipped (finished)")
+              f"{skipped} skipped (finished), {len(gone)} diverged (not retried)")
         return 0
     if missing:
         names = " ".join(sorted({os.path.basename(p)[:-len("_vanilla.pth")] for p in missing}))
         raise UserError(f"teacher checkpoint(s) missing: {', '.join(missing)}; fetch them with "
                         f"`python fetch_teachers.py {names}` or point --teacher_dir at their folder")
+    for run in gone:
+        print(f"diverged: {run.name}: not retried (name a new trial to run it again): "
+              f"{diverged(run.folder)[len('diverged: '):]}")
     if not todo:
-        print(f"sweep: {len(runs)} run(s): all finished, nothing to launch")
-        return 0
+        print(f"sweep: {len(runs)} run(s): {'all finished' if not gone else 'none to launch'}, nothing to launch")
+        return 1 if gone else 0
     if args.executor == "slurm":
         check_slurm(args)
     prepare_data(todo)
@@ -502,12 +507,14 @@ def main(argv=None):
               f"{skipped} skipped (finished)")
         return 0
     failed = [r for r in todo if r.result.get("rc") != 0]
+    newly = [r for r in failed if diverged(r.folder)]
     print(f"sweep: {len(runs)} run(s): {len(todo)} launched ({len(resumes)} resumed), "
-          f"{skipped} skipped (finished), {len(failed)} failed")
+          f"{skipped} skipped (finished), {len(failed)} failed ({len(newly) + len(gone)} diverged)")
     for run in failed:
         where = f" (output: {run.result['output']})" if run.result.get("output") else ""
-        print(f"failed: {run.name}: {run.result.get('line', 'not run')}{where}")
-    return 1 if failed else 0
+        kind = "diverged" if run in newly else "failed"
+        print(f"{kind}: {run.name}: {run.result.get('line', 'not run')}{where}")
+    return 1 if failed or gone else 0
 
 
 if __name__ == "__main__":

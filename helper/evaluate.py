@@ -19,7 +19,7 @@ from models import get_model
 
 from .checkpoint import identify_architecture, load_checkpoint, load_weights, model_state_dict
 from .config import DOC, RECORDED, get_cfg_defaults, merge, parse_overrides, read_yaml
-from .trainer import evaluate, pick_device
+from .trainer import diverged_score, evaluate, pick_device
 
 RUN_CONFIG = "config.yaml"
 
@@ -104,4 +104,7 @@ def evaluate_checkpoint(checkpoint, cfg_path=None, overrides=(), model=None, dat
     name = name or _architecture(weights, classes, checkpoint)
     net = load_weights(get_model(name)(num_classes=classes), weights, name, checkpoint).eval()
     result = score(net, cfg, device, batch_size, cfg.num_workers)
+    why = diverged_score(result)
+    if why:
+        raise UserError(f"{checkpoint} ({name} on {cfg.dataset}) scores {why}: its weights have diverged")
     return {"checkpoint": checkpoint, "model": name, "dataset": cfg.dataset, **result}

@@ -95,10 +95,25 @@ def _load_latest(path):
         return load_checkpoint(path)  # raises the UserError that says what is wrong
 
 
+def diverged(folder):
+    """The `diverged: ...` line the run's log.txt ends with when the run diverged (helper/trainer.py),
+    or None."""
+    try:
+        with open(os.path.join(folder, "log.txt")) as f:
+            lines = [line.strip() for line in f if line.startswith("diverged: ")]
+    except OSError:
+        return None
+    return lines[-1] if lines else None
+
+
 def run_state(folder, epochs=None):
     """(state, epoch, why) of the run folder: state is 'new' (no latest.pth), 'unfinished',
-    'finished' (latest.pth finished and epoch == epochs; any epoch when `epochs` is None) or
-    'unreadable' (why says what is wrong with latest.pth)."""
+    'finished' (latest.pth finished and epoch == epochs; any epoch when `epochs` is None),
+    'diverged' (its log says so: why is that line) or 'unreadable' (why says what is wrong with
+    latest.pth)."""
+    line = diverged(folder)
+    if line is not None:
+        return "diverged", 0, line
     path = os.path.join(folder, "latest.pth")
     if not os.path.exists(path):
         return "new", 0, "no latest.pth"

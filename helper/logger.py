@@ -67,6 +67,9 @@ class NullLogger:
     def message(self, text):
         pass
 
+    def write_lines(self, lines):
+        pass
+
     def epoch(self, epoch, scalars):
         pass
 

@@ -26,8 +26,16 @@ from .packing import write_peak_memory
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# a mean test cross-entropy above this is divergence, not learning: a uniform guess over 1000
+# classes scores 6.9, and the worst healthy runs stay within tens
+DIVERGED_TEST_LOSS = 1e4
+
+
 class NonFiniteLoss(UserError):
-    """The loss became NaN or inf: the run stops, nothing after the last good epoch is saved."""
+    """The run diverged: a training loss NaN or inf, an evaluation whose loss is non-finite or
+    above DIVERGED_TEST_LOSS or whose logits are not all finite, or weights gone non-finite. The
+    run stops with a non-zero exit, its log.txt says `diverged: ...` (report.py and sweep.py read
+    it), and nothing after the last healthy epoch is saved."""
 
 
 class Interrupted(UserError):
@@ -71,18 +79,29 @@ def evaluate(model, loader, device):
     """Top-1 and top-5 accuracy (percent) and mean cross-entropy of `model` over `loader`
     (sums kept on the device, read once at the end)."""
     model.eval()
-    sums = torch.zeros(3, device=device)  # loss, top-1 hits, top-5 hits
+    sums = torch.zeros(4, device=device)  # loss, top-1 hits, top-5 hits, samples with a non-finite logit
     count = 0
     for image, target, _ in loader:
         image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
         logits = model(image)
         loss = torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum")
-        sums += torch.stack([loss, *(hits.float() for hits in accuracy(logits, target))])
+        broken = (~torch.isfinite(logits)).any(dim=1).sum().float()
+        sums += torch.stack([loss, *(hits.float() for hits in accuracy(logits, target)), broken])
         count += len(target)
     if count == 0:
         raise UserError("the test set is empty: check data_dir")
-    loss, top1, top5 = sums.tolist()
-    return {"top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "loss": loss / count}
+    loss, top1, top5, broken = sums.tolist()
+    return {"top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "loss": loss / count,
+            "nonfinite": int(broken)}
+
+
+def diverged_score(score):
+    """Why an evaluation (`evaluate`'s dict) shows divergence, or None."""
+    if not math.isfinite(score["loss"]) or score["loss"] > DIVERGED_TEST_LOSS:
+        return f"test loss {score['loss']:.4g}" + (" (above 1e4)" if math.isfinite(score["loss"]) else "")
+    if score.get("nonfinite"):
+        return f"{score['nonfinite']} test images with non-finite logits"
+    return None
 
 
 class StopOnSignal:
@@ -310,10 +329,27 @@ class Trainer:
                       "learning rate: check the method's knobs (see its docstring) and the batch size")
         else:
             advice = "lower learning_rate or check the data"
-        raise NonFiniteLoss(
+        self.diverged(
             f"loss term {', '.join(broken)} became non-finite by {desc} step {step} (last step: {terms}; "
             f"lr {lr:g}): stopped; the checkpoints of the last good epoch in {self.run.path} are kept; "
             f"{advice}")
+
+    def diverged(self, message):
+        """Mark the run folder's log (`diverged: ...`) and stop with a NonFiniteLoss."""
+        self.logger.write_lines([f"diverged: {message}"])
+        raise NonFiniteLoss(message)
+
+    def check_health(self, epoch, test):
+        """After epoch `epoch`'s training (and its evaluation `test`, rank 0's, or None): stop every
+        rank together when the evaluation diverged or the weights are no longer finite."""
+        why = diverged_score(test) if test is not None else None
+        if why is None and not all(torch.isfinite(p).all() for p in self.distiller.parameters()):
+            why = "non-finite weights"
+        if distributed.all_reduce_sum(torch.tensor(float(why is not None), device=self.device)).item():
+            where = f"the evaluation after epoch {epoch}" if test is not None else f"epoch {epoch}"
+            self.diverged(f"{where} diverged ({why or 'on rank 0'}): stopped; the best checkpoint and latest.pth "
+                          f"of epoch {epoch - 1} in {self.run.path} are kept; lower learning_rate or check the "
+                          f"method's weights and knobs")
 
     def set_epoch(self, phase, epoch):
         """Seed every RNG and the data order from (seed, phase, epoch)."""
@@ -373,11 +409,14 @@ class Trainer:
                                  first=epoch == 1 and not self.init_done)
         train_seconds = time.time() - start
         distributed.broadcast_state(self.distiller)  # ranks end every epoch identical
+        test = None
+        if self.ctx.is_main and (epoch % self.cfg.eval_freq == 0 or epoch == self.cfg.epochs):
+            test = evaluate(self.distiller.student, self.test_loader, self.device)  # the best only among these
+        self.check_health(epoch, test)
         if not self.ctx.is_main:
             return  # rank 0 alone evaluates, logs and saves
         top1, tested = None, {}
-        if epoch % self.cfg.eval_freq == 0 or epoch == self.cfg.epochs:  # the best only among these
-            test = evaluate(self.distiller.student, self.test_loader, self.device)
+        if test is not None:
             top1 = test["top1"]
             tested = {"test_loss": test["loss"], "test_acc": top1, "test_acc_top5": test["top5"]}
         improved = top1 is not None and top1 > self.best_acc

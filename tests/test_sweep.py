@@ -266,3 +266,19 @@ def test_cli_entry_point():
     out = subprocess.run([sweep.sys.executable, os.path.join(sweep.ROOT, "sweep.py"), "--help"],
                          capture_output=True, text=True, check=True).stdout
     assert "--executor" in out and "--set KEY VALUE" in out
+
+
+def test_a_diverged_run_is_named_and_not_retried(tmp_path):
+    """A run whose log says `diverged:` (helper/trainer.py) is listed, not relaunched; exit 1."""
+    argv = ["--table", "similar", "--pairs", PAIR, "--methods", "kd", "--seeds", "1", "--save_root", str(tmp_path),
+            "--set", "epochs", "2", "lr_decay_epochs", "1"]
+    folder = tmp_path / "similar" / "kd" / PAIR / "seed_0"
+    folder.mkdir(parents=True)
+    (folder / "log.txt").write_text("epoch 1 lr 0.05\ndiverged: the evaluation after epoch 2 diverged (test loss nan)\n")
+    code, out = call(argv + ["--dry-run"])
+    assert code == 0 and "skip (diverged: see its log.txt)" in out, out
+    assert "0 to launch (0 resumed), 0 skipped (finished), 1 diverged (not retried)" in out
+    code, out = call(argv)
+    assert code == 1
+    assert "diverged: similar/kd/res110_res20/seed_0: not retried (name a new trial to run it again): " \
+           "the evaluation after epoch 2 diverged (test loss nan)" in out

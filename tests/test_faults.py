@@ -1,0 +1,92 @@
+"""Faults a cluster meets, end to end: a diverging run never ends as a success (training or
+evaluation), is marked diverged in its log, by report.py and by sweep.py, and evaluate.py refuses
+a diverged checkpoint."""
+import os
+
+import pytest
+import torch
+
+import evaluate
+import report
+from models import model_dict
+from runs import ROOT, call_cli, run_script, tiny_config
+
+NAN_IN_EVAL = '''
+import torch
+from models import resnet8
+
+
+def model(num_classes=100):
+    """resnet8 whose first BN has a negative running variance: finite in training (batch
+    statistics), NaN in evaluation (the running ones)."""
+    net = resnet8(num_classes=num_classes)
+    net.bn1.running_var.fill_(-1e6)
+    return net
+'''
+
+
+def student_cfg(data, folder, teacher, **extra):
+    cfg = tiny_config(data, str(folder), **{**dict(model_s="resnet8", model_t="resnet14", path_t=teacher,
+                                                   synthetic_train_size=320, synthetic_test_size=32, batch_size=32),
+                                            **extra})
+    cfg.pop("model")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def huge_teacher(tmp_path_factory):
+    """A resnet14 whose BN scales are tripled: its features grow so fast that CC diverges in a few steps."""
+    torch.manual_seed(0)
+    teacher = model_dict["resnet14"](num_classes=100)
+    with torch.no_grad():
+        for module in teacher.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.mul_(3.0)
+    path = tmp_path_factory.mktemp("huge") / "resnet14.pth"
+    torch.save({"model": teacher.state_dict()}, path)
+    return str(path)
+
+
+def test_a_diverging_cc_run_stops_non_zero_and_is_reported_diverged(huge_teacher, tmp_path, write_cfg):
+    folder = tmp_path / "runs" / "cc"
+    cfg = student_cfg(str(tmp_path / "data"), folder, huge_teacher, distill="cc", beta=0.02, epochs=2)
+    code, out, err = run_script("train_student.py", write_cfg(cfg))
+    assert code == 2 and "became non-finite" in err, out + err
+    assert (folder / "log.txt").read_text().splitlines()[-1].startswith("diverged: loss term")
+    assert not (folder / "resnet8_last.pth").exists()
+    code, text = call_cli(report, [str(tmp_path / "runs")])
+    assert code == 0, text
+    assert "1 diverged (not averaged)" in text and "## Diverged runs (not averaged)" in text
+    assert "became non-finite" in text.split("## Diverged runs")[1]
+
+
+def test_an_evaluation_that_diverges_stops_the_run_at_that_epoch(teacher_file, tmp_path, write_cfg):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "nan_eval.py").write_text(NAN_IN_EVAL)
+    folder = tmp_path / "run"
+    cfg = student_cfg(str(tmp_path / "data"), folder, teacher_file, distill="kd", alpha=0.9, epochs=2,
+                      model_s="nan_eval:model", plugin_path=str(plugins))
+    try:
+        code, out, err = run_script("train_student.py", write_cfg(cfg))
+    finally:
+        import sys
+        sys.modules.pop("nan_eval", None)
+    assert code == 2, out + err
+    assert "the evaluation after epoch 1 diverged (test loss nan)" in err
+    assert "epoch 2" not in out and len(err.strip().splitlines()) == 1
+    log = (folder / "log.txt").read_text()
+    assert log.splitlines()[-1].startswith("diverged: the evaluation after epoch 1 diverged")
+    assert not any(name.endswith(".pth") for name in os.listdir(folder))  # no epoch was healthy
+
+
+def test_evaluate_refuses_a_diverged_checkpoint(tmp_path, synthetic_dir):
+    net = model_dict["resnet8"](num_classes=100)
+    with torch.no_grad():
+        net.fc.weight[0, 0] = float("nan")
+    path = tmp_path / "resnet8_last.pth"
+    torch.save({"model": net.state_dict()}, path)
+    code, out = call_cli(evaluate, [str(path), "--model", "resnet8", "--dataset", "synthetic", "data_dir",
+                                    synthetic_dir, "num_workers", "0", "--device", "cpu"])
+    assert code == 2
+    assert out.strip().endswith("(resnet8 on synthetic) scores test loss nan: its weights have diverged"), out
