@@ -294,9 +294,11 @@ def _check_dot(cfg, script):
                         "update): set cuda_graph false or optimizer sgd")
     if cfg.amp == "fp16":
         raise UserError("optimizer dot does not take fp16's grad scaler: use amp bf16 or off")
-    if not 0 <= cfg.dot_delta <= cfg.momentum < 1 - cfg.dot_delta:
-        raise UserError(f"optimizer dot needs 0 <= dot_delta <= momentum < 1 - dot_delta (momenta "
-                        f"momentum -/+ dot_delta in [0, 1)), got momentum {cfg.momentum}, "
+    # dot_delta = momentum (a task momentum of 0) is refused: mdistiller then keeps no task buffer, so
+    # a parameter with a task gradient alone takes no momentum, which this DOT does not reproduce
+    if not 0 <= cfg.dot_delta < cfg.momentum < 1 - cfg.dot_delta:
+        raise UserError(f"optimizer dot needs 0 <= dot_delta < momentum < 1 - dot_delta (momenta "
+                        f"momentum -/+ dot_delta in (0, 1)), got momentum {cfg.momentum}, "
                         f"dot_delta {cfg.dot_delta}")
 
 

@@ -4,9 +4,12 @@ Files (CRD's checkpoint format, so other tools read them): `config.yaml`, `log.t
 `tensorboard/`, `<model>_best.pth` {epoch, model, best_acc}, `ckpt_epoch_N.pth`
 {epoch, model, accuracy}, `<model>_last.pth` {opt, model, epoch, best_acc}, and `latest.pth`
 (everything a resume needs), and on CUDA `peak_memory.json` (helper/packing.py). Every file is
-written atomically: complete or absent.
+written atomically: complete or absent. `.lock` is held by the process that trains the folder.
 """
+import datetime
+import fcntl
 import os
+import socket
 import warnings
 
 import yaml
@@ -18,6 +21,7 @@ from . import checkpoint
 from .config import dump, resume_differences, to_dict
 
 LATEST = "latest.pth"
+LOCK = ".lock"  # held (an OS file lock) by the process training the folder; released when it dies
 PREVIOUS = "latest.prev.pth"  # the state before the last one: a fallback if latest.pth is damaged
 
 
@@ -102,7 +106,33 @@ class RunFolder:
         except OSError as e:
             raise UserError(f"cannot write the run folder {self.path} ({e.strerror}): "
                             f"choose another save_folder") from None
+        self.lock()
         write_atomic(self.file("config.yaml"), dump(cfg).encode(), "the config")
+
+    def lock(self):
+        """Hold the folder's lock for this process's life, or refuse in one line naming its holder.
+        An OS lock (flock): a holder that dies, even by kill -9, releases it."""
+        handle = open(self.file(LOCK), "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(f"{self.path} is being trained by {holder}: a second launch never trains the same "
+                            f"run folder; wait for it to end (or stop it), or name a new trial") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{datetime.datetime.now().isoformat(timespec='seconds')}\n")
+        handle.flush()
+        self._lock = handle  # kept open: closing it would release the lock
+
+    def release(self):
+        """Let go of the folder's lock (the run is over)."""
+        handle, self._lock = getattr(self, "_lock", None), None
+        if handle is not None:
+            handle.close()
 
     def save(self, name, obj):
         if self.write:

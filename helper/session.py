@@ -137,13 +137,15 @@ class Session:
         from distillers import build
         targets = torch.as_tensor(self.train_loader.dataset.targets)
         distiller = build(self.cfg, student, teacher, targets).to(self.device)
-        self.open_run_folder()
-        trainer = Trainer(self.cfg, distiller, self.train_loader, self.test_loader, self.run,
-                          self.logger, self.device, self.ctx)
         try:
+            self.open_run_folder()
+            trainer = Trainer(self.cfg, distiller, self.train_loader, self.test_loader, self.run,
+                              self.logger, self.device, self.ctx)
             return trainer.fit(self.run.resume_state)
         finally:
-            self.logger.close()
+            if self.logger is not None:
+                self.logger.close()
+            self.run.release()
             distributed.shutdown()
 
 

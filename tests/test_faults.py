@@ -90,3 +90,36 @@ def test_evaluate_refuses_a_diverged_checkpoint(tmp_path, synthetic_dir):
                                     synthetic_dir, "num_workers", "0", "--device", "cpu"])
     assert code == 2
     assert out.strip().endswith("(resnet8 on synthetic) scores test loss nan: its weights have diverged"), out
+
+
+def test_a_second_launch_on_a_folder_being_trained_is_refused_and_a_killed_holder_blocks_nothing(
+        teacher_file, synthetic_dir, tmp_path, write_cfg):
+    import signal
+    import socket
+    import time
+
+    from runs import start_script
+    folder = tmp_path / "run"
+    cfg = student_cfg(synthetic_dir, folder, teacher_file, distill="kd", alpha=0.9, epochs=30,
+                      synthetic_train_size=600, synthetic_test_size=200, batch_size=64, lr_decay_epochs="20")
+    path = write_cfg(cfg)
+    first = start_script("train_student.py", path)
+    try:
+        deadline = time.time() + 120
+        while not (folder / "log.txt").exists() or "epoch 1 " not in (folder / "log.txt").read_text():
+            assert first.poll() is None and time.time() < deadline, first.stdout.read()
+            time.sleep(0.1)
+        code, out, err = run_script("train_student.py", path)
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert err.startswith(f"error: {folder} is being trained by pid {first.pid} on {socket.gethostname()} since ")
+        assert first.poll() is None  # the holder trains on, untouched
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # the killed holder's lock went with it: the folder can be taken at once (a relaunch resumes it)
+    from helper.run import RunFolder
+    again = RunFolder.__new__(RunFolder)
+    again.path = str(folder)
+    again.lock()
+    assert f"pid {os.getpid()} on" in (folder / ".lock").read_text()
+    again.release()

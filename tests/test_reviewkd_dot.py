@@ -207,6 +207,7 @@ REFUSALS = {
     "amp fp16": ("train_student.py", dict(amp="fp16"), "use amp bf16 or off"),
     "teacher script": ("train_teacher.py", dict(model="resnet8"), "a teacher has no distillation loss"),
     "dot_delta too large": ("train_student.py", dict(dot_delta=0.2), "dot_delta"),
+    "task momentum 0": ("train_student.py", dict(dot_delta=0.3, momentum=0.3), "0 <= dot_delta < momentum"),
     "DDP": ("train_student.py", {}, "run one process or set optimizer sgd"),
 }
 
