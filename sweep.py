@@ -111,6 +111,9 @@ def parse_args(argv):
     slurm.add_argument("--array_parallelism", type=int, default=None, help="runs of the array at once")
     slurm.add_argument("--slurm_log_dir", default=None, help="submitit's folder (default: <save_root>/slurm_logs)")
     slurm.add_argument("--wait", action="store_true", help="wait for the jobs; report and exit 1 on failure")
+    slurm.add_argument("--max_requeues", type=int, default=3,
+                       help="requeues of a run after Slurm's preemption or time-limit warning: the run saves its "
+                            "step and resumes from it (default: 3)")
     slurm.add_argument("--cluster", default="slurm", choices=("slurm", "local", "debug"),
                        help="submitit backend: slurm, or local/debug to try the path without Slurm")
     p.add_argument("--group", default=None, help=argparse.SUPPRESS)  # inside a Slurm task: its K runs
@@ -384,6 +387,8 @@ def check_slurm(args):
 
 def launch_slurm(runs, args):
     import submitit
+
+    from helper.requeue import RequeuedCommand
     folder = args.slurm_log_dir or os.path.join(args.save_root, "slurm_logs")
     executor = submitit.AutoExecutor(folder=folder, cluster=args.cluster)
     params = dict(name="askd-sweep", timeout_min=args.timeout_min, gpus_per_node=args.gpus_per_node,
@@ -400,7 +405,7 @@ def launch_slurm(runs, args):
     else:
         commands = [run.command for run in runs]
     with executor.batch():
-        jobs = [executor.submit(submitit.helpers.CommandFunction(command, cwd=cwd)) for command in commands]
+        jobs = [executor.submit(RequeuedCommand(command, cwd, args.max_requeues)) for command in commands]
     per_task = f" in {len(jobs)} task(s) of up to {len(groups[0])}" if len(groups) < len(runs) else ""
     print(f"submitted {len(runs)} run(s){per_task} as job array {jobs[0].job_id.split('_')[0]} "
           f"(submitit folder {folder})", flush=True)

@@ -70,10 +70,15 @@ class Session:
         self.logger, self.early_lines = None, []
         for note in self.run.notes:
             self.log(note)
+        requeued = os.environ.get("ASKD_REQUEUES", "0/0")  # helper/requeue.py: a Slurm job's requeues
+        if not requeued.startswith("0/"):
+            self.log(f"requeued after a preemption or time limit ({requeued.replace('/', ' of at most ')})")
         state = self.run.resume_state
         self.log(f"run folder {self.run.path} on {self.device}" +
                  (f" x {ctx.world_size} processes" if ctx.enabled else "") +
-                 (f", resuming after epoch {state['epoch']}" if state else ""))
+                 (f", resuming after epoch {state['epoch']}" if state else "") +
+                 (f" (in epoch {state['partial']['epoch']} after step {state['partial']['steps']}, where a "
+                  f"preemption stopped it)" if state and state.get("partial") else ""))
 
     @staticmethod
     def strong_view(cfg, script):

@@ -4,6 +4,13 @@ whatever the distiller returns is summed, logged term by term and back-propagate
 Epoch e (counted from 1) runs at learning_rate * lr_decay_rate^k, k = number of decay epochs
 below e. Every RNG is re-seeded from (seed, e) at the start of each epoch, and `latest.pth` is
 written at the end of each epoch, so a run interrupted anywhere resumes bit-identically.
+
+SIGUSR1 or SIGUSR2 (a cluster's preemption or time-limit warning: Slurm's, or what sweep.py's
+Slurm jobs forward) stop the run at the next step boundary of a main-training epoch and save
+that step in `latest.pth` (`partial`: the epoch, the steps done, the epoch's running sums and every
+RNG state); a resume replays the epoch's batches up to it (data only), restores those states and
+goes on from the next step, so the run still ends bit for bit as an uninterrupted one. One
+process only: under DDP, and in an init stage, the run resumes from its last finished epoch.
 """
 import functools
 import math
@@ -62,6 +69,24 @@ def seed_everything(*parts):
     torch.manual_seed(seed)
 
 
+def rng_state():
+    """Every RNG the loop draws from: python, numpy, torch (CPU and every CUDA device), as
+    tensors and plain values (what a weights-only checkpoint may hold)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def learning_rate(cfg, epoch):
     decays = sum(epoch > e for e in cfg.lr_decay_epochs)
     return cfg.learning_rate * cfg.lr_decay_rate ** decays
@@ -104,14 +129,19 @@ def diverged_score(score):
     return None
 
 
+CHECKPOINT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # stop and save the step (preemption)
+
+
 class StopOnSignal:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps."""
+    """Turns SIGINT/SIGTERM (stop) and SIGUSR1/SIGUSR2 (save the step, then stop) into a flag the
+    loop checks between steps."""
 
     def __init__(self):
         self.signum = None
 
     def __enter__(self):
-        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        signals = (signal.SIGINT, signal.SIGTERM, *CHECKPOINT_SIGNALS)
+        self.previous = {s: signal.signal(s, self.handle) for s in signals}
         return self
 
     def handle(self, signum, frame):
@@ -178,7 +208,7 @@ class Trainer:
         if cfg.cuda_graph:
             self.train_step = GraphedStep(self.train_step)
         self.best_acc, self.start_epoch, self.init_done = 0.0, 1, 0
-        self.stop = None
+        self.stop, self.partial = None, None
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
     def make_optimizer(self, params, graphed=False, main=False, lr=None):
@@ -200,9 +230,10 @@ class Trainer:
                 group["lr"] = self.lr
 
     # -- resume -------------------------------------------------------------------------------
-    def state(self, epoch, finished=False, init_optimizer=None):
+    def state(self, epoch, finished=False, init_optimizer=None, partial=None):
         return {
             "epoch": epoch,
+            "partial": partial,
             "init_done": self.init_done,
             "best_acc": self.best_acc,
             "distiller": self.distiller.state_dict(),
@@ -221,15 +252,25 @@ class Trainer:
         self.best_acc = state["best_acc"]
         self.start_epoch = state["epoch"] + 1
         self.init_done = state["init_done"]
+        self.partial = state.get("partial")  # an epoch stopped at a step (preemption)
         return state.get("init_optimizer")
 
     # -- steps --------------------------------------------------------------------------------
-    def check_stop(self, where):
-        if self.stop is not None and self.stop.signum is not None:
-            name = signal.Signals(self.stop.signum).name
-            raise Interrupted(f"{name} received during {where}: stopped; latest.pth in {self.run.path} "
-                              f"holds the last finished epoch; run the same command again to resume",
-                              self.stop.signum)
+    def check_stop(self, where, partial=None):
+        """Stop if a signal came; `partial()`: the state of the step just done, saved first when the
+        signal asks for it (a checkpoint signal, one process, a main-training epoch)."""
+        if self.stop is None or self.stop.signum is None:
+            return
+        name = signal.Signals(self.stop.signum).name
+        if partial is not None and self.stop.signum in CHECKPOINT_SIGNALS and not self.ctx.enabled:
+            state = partial()
+            self.run.save_latest(state)
+            raise Interrupted(f"{name} received during {where}: stopped; latest.pth in {self.run.path} holds "
+                              f"this step ({state['partial']['steps']} of epoch {state['partial']['epoch']}); "
+                              f"run the same command again to go on from it", self.stop.signum)
+        raise Interrupted(f"{name} received during {where}: stopped; latest.pth in {self.run.path} "
+                          f"holds the last finished epoch; run the same command again to resume",
+                          self.stop.signum)
 
     def step(self, optimizer, compute_losses, image, target, index, average=()):
         """One optimisation step; returns (logits or None, {name: loss tensor}, total loss).
@@ -271,19 +312,32 @@ class Trainer:
         values = distributed.all_reduce_sum(values).tolist()
         return dict(zip(sums, values[:-2])), values[-2], values[-1]
 
-    def train_epoch(self, desc, step_fn, lr, first=False):
+    def train_epoch(self, desc, step_fn, lr, first=False, epoch=None):
         """`step_fn(image, target, index)` -> (logits, losses, loss) for each batch. Sums stay
         on the device; they are read (and checked for NaN/inf) every step on the plain path and
         every print_freq steps on the fast path, where a read costs a sync. `first`: the run's
-        first epoch (a loss that breaks there points at the config)."""
+        first epoch (a loss that breaks there points at the config). `epoch`: the main training's
+        epoch, whose steps a checkpoint signal saves (and a resume of such a step continues)."""
         sums, correct, seen = {}, torch.zeros((), device=self.device), 0
         progress = Progress(len(self.train_loader), desc, self.cfg.print_freq, enabled=self.ctx.is_main)
         read_every = self.cfg.print_freq if self.cfg.fast else 1
+        done = 0  # steps of this epoch already taken before a preemption
+        if epoch is not None and self.partial and self.partial["epoch"] == epoch:
+            done, saved, self.partial = self.partial["steps"], self.partial, None
+            sums = {k: v.to(self.device) for k, v in saved["sums"].items()}
+            correct, seen = saved["correct"].to(self.device), saved["seen"]
+        totals, total_correct, total_seen = {}, 0.0, 0
+        partial = None
         try:
             for step, (image, target, index) in enumerate(self.train_loader, 1):
+                if step < done:  # the batches the stopped run took: drawn again (data only), skipped
+                    continue
+                if step == done:  # where it stopped: its RNG states, then on as it would have gone
+                    set_rng_state(saved["rng"])
+                    progress.update(done - (step % read_every == 0 or step == len(self.train_loader)))
                 # a final batch smaller than the method's losses are defined on is dropped (the
                 # same on every rank: the ranks' shares have equal sizes)
-                if len(target) >= self.distiller.min_batch:
+                elif len(target) >= self.distiller.min_batch:
                     image = image.to(self.device, non_blocking=True)
                     target = target.to(self.device, non_blocking=True)
                     index = index.to(self.device, non_blocking=True)
@@ -302,7 +356,9 @@ class Trainer:
                     if total_seen:
                         progress.update(read_every if step % read_every == 0 else step % read_every,
                                         loss=total / total_seen, acc=100.0 * total_correct / total_seen)
-                self.check_stop(f"{desc} step {step}")
+                if epoch is not None:
+                    partial = functools.partial(self.partial_state, epoch, step, sums, correct, seen)
+                self.check_stop(f"{desc} step {step}", partial)
         except (RuntimeError, OSError):
             self.check_stop(desc)  # a signal also kills loader workers: report the signal
             raise
@@ -319,6 +375,13 @@ class Trainer:
         if dropped > 0:
             means["dropped"] = dropped
         return means
+
+    def partial_state(self, epoch, steps, sums, correct, seen):
+        """latest.pth for a main-training epoch stopped after `steps` steps: the last finished
+        epoch's fields, this step's weights and optimizer, and what the epoch needs to go on."""
+        partial = {"epoch": epoch, "steps": steps, "sums": {k: v.detach().cpu() for k, v in sums.items()},
+                   "correct": correct.detach().cpu(), "seen": seen, "rng": rng_state()}
+        return self.state(epoch - 1, partial=partial)
 
     def non_finite(self, desc, step, totals, losses, lr, early):
         """Stop with a NonFiniteLoss naming the term(s) that broke and the likely cause."""
@@ -406,7 +469,7 @@ class Trainer:
         self.distiller.start_epoch(epoch)
         start = time.time()
         stats = self.train_epoch(f"epoch {epoch}/{self.cfg.epochs}", self.train_step, lr,
-                                 first=epoch == 1 and not self.init_done)
+                                 first=epoch == 1 and not self.init_done, epoch=epoch)
         train_seconds = time.time() - start
         distributed.broadcast_state(self.distiller)  # ranks end every epoch identical
         test = None

@@ -123,3 +123,92 @@ def test_a_second_launch_on_a_folder_being_trained_is_refused_and_a_killed_holde
     again.lock()
     assert f"pid {os.getpid()} on" in (folder / ".lock").read_text()
     again.release()
+
+
+def wait_for_step(folder, process, epoch=1, limit=120):
+    """Until the run has finished epoch `epoch` (and a moment more: into the next one)."""
+    import time
+    deadline = time.time() + limit
+    while not (folder / "log.txt").exists() or f"epoch {epoch} " not in (folder / "log.txt").read_text():
+        assert process.poll() is None and time.time() < deadline, process.stdout.read()
+        time.sleep(0.05)
+    time.sleep(0.5)
+
+
+def test_a_preemption_signal_saves_the_step_and_the_run_ends_bit_identical(teacher_file, synthetic_dir, tmp_path,
+                                                                            write_cfg):
+    """SIGUSR1 mid-epoch: latest.pth holds that step; run again, the epoch goes on from it."""
+    import signal
+
+    from helper.checkpoint import load_checkpoint
+    from runs import assert_same_weights, start_script, weights
+    cfg = dict(distill="crd", beta=0.8, nce_k=64, feat_dim=16, epochs=3, lr_decay_epochs="2", batch_size=8,
+               synthetic_train_size=600, synthetic_test_size=200)
+    whole = tmp_path / "whole"
+    code, _, err = run_script("train_student.py", write_cfg(student_cfg(synthetic_dir, whole, teacher_file, **cfg)))
+    assert code == 0, err
+    folder = tmp_path / "preempted"
+    path = write_cfg(student_cfg(synthetic_dir, folder, teacher_file, **cfg))
+    process = start_script("train_student.py", path)
+    wait_for_step(folder, process)
+    process.send_signal(signal.SIGUSR1)
+    out = process.communicate(timeout=60)[0]
+    assert process.returncode == 128 + signal.SIGUSR1, out
+    state = load_checkpoint(str(folder / "latest.pth"))
+    partial = state["partial"]
+    assert state["epoch"] == 1 and partial["epoch"] == 2 and 0 < partial["steps"] < 75, out
+    assert f"holds this step ({partial['steps']} of epoch 2)" in out
+    code, out, err = run_script("train_student.py", path)
+    assert code == 0, err
+    assert f"resuming after epoch 1 (in epoch 2 after step {partial['steps']}" in out
+    assert_same_weights(weights(whole / "resnet8_last.pth"), weights(folder / "resnet8_last.pth"))
+    assert_same_weights(load_checkpoint(str(whole / "latest.pth"))["distiller"],
+                        load_checkpoint(str(folder / "latest.pth"))["distiller"])  # CRD's memory too
+    logged = [line.split(" seconds")[0] for line in (folder / "log.txt").read_text().splitlines()
+              if line.startswith("epoch 3 ")]
+    assert logged == [line.split(" seconds")[0] for line in (whole / "log.txt").read_text().splitlines()
+                      if line.startswith("epoch 3 ")]
+
+
+def test_a_slurm_job_warned_of_preemption_saves_requeues_itself_and_ends_bit_identical(
+        teacher_file, synthetic_dir, tmp_path, write_cfg, monkeypatch):
+    """sweep.py's Slurm job (helper/requeue.py) through submitit's local executor, which requeues
+    as Slurm does: the job process (the local executor's task) gets Slurm's warning signal, USR2."""
+    import signal
+    import sys
+    import time
+
+    import submitit
+
+    from helper.checkpoint import load_checkpoint
+    from helper.requeue import RequeuedCommand
+    from runs import assert_same_weights, weights
+    cfg = dict(distill="kd", alpha=0.9, epochs=3, lr_decay_epochs="2", batch_size=8, synthetic_train_size=600,
+               synthetic_test_size=200)
+    whole = tmp_path / "whole"
+    code, _, err = run_script("train_student.py", write_cfg(student_cfg(synthetic_dir, whole, teacher_file, **cfg)))
+    assert code == 0, err
+    folder = tmp_path / "job"
+    path = write_cfg(student_cfg(synthetic_dir, folder, teacher_file, **cfg))
+    monkeypatch.setenv("PYTHONPATH", ROOT)
+    executor = submitit.LocalExecutor(folder=str(tmp_path / "submitit"))
+    executor.update_parameters(timeout_min=10)
+    job = executor.submit(RequeuedCommand([sys.executable, os.path.join(ROOT, "train_student.py"), "-cfg", path],
+                                          cwd=ROOT, max_requeues=2))
+    deadline = time.time() + 120
+    while not (folder / "log.txt").exists() or "epoch 1 " not in (folder / "log.txt").read_text():
+        assert not job.done() and time.time() < deadline, job.stderr()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    controller = job._process.pid  # the local executor's controller; its child is the job process
+    with open(f"/proc/{controller}/task/{controller}/children") as f:
+        task, = map(int, f.read().split())
+    os.kill(task, signal.SIGUSR2)
+    job.result()
+    log = (folder / "log.txt").read_text()
+    assert "requeued after a preemption or time limit (1 of at most 2)" in log, log
+    assert "resuming after epoch 1 (in epoch 2 after step" in log, log
+    assert "requeued (1 of at most 2)" in job.stdout()
+    assert_same_weights(weights(whole / "resnet8_last.pth"), weights(folder / "resnet8_last.pth"))
+    assert_same_weights(load_checkpoint(str(whole / "latest.pth"))["distiller"],
+                        load_checkpoint(str(folder / "latest.pth"))["distiller"])

@@ -8,6 +8,7 @@ import torch
 
 import report
 import sweep
+from submitit.core.utils import FailedJobError
 from helper.checkpoint import load_checkpoint, save_atomic
 from helper.grid import read_config, run_state
 from models import model_dict
@@ -134,13 +135,13 @@ def test_failed_run_is_reported_with_its_error(tiny, monkeypatch):
 def test_slurm_path_through_submitit_debug_executor(tiny, monkeypatch):
     """--executor slurm builds one job array with submitit; its debug backend runs it here: one
     real KD run, and one whose job fails (faked, to spare a process) as submitit reports it."""
-    submitit = pytest.importorskip("submitit")
-    command_function = submitit.helpers.CommandFunction
+    from helper.requeue import RequeuedCommand
+    command_function = RequeuedCommand
     real_call = command_function.__call__
 
     def call_or_fail(self, *args, **kwargs):
         if "seed_1" in self.command[self.command.index("save_folder") + 1]:
-            raise submitit.core.utils.FailedJobError("Traceback (most recent call last):\n  ...\n"
+            raise FailedJobError("Traceback (most recent call last):\n  ...\n"
                                                      "error: checkpoint latest.pth is corrupt\n")
         return real_call(self, *args, **kwargs)
 
