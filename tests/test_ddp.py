@@ -122,3 +122,40 @@ def test_batch_must_split_evenly(write_cfg, synthetic_dir, tmp_path):
     from common.errors import UserError
     with pytest.raises(UserError, match="not divisible"):
         distributed.check_batch(63, distributed.Context(0, 2, 0))
+
+
+def test_a_killed_rank_makes_torchrun_restart_the_group_which_resumes_bit_identical(write_cfg, synthetic_dir,
+                                                                                       tmp_path):
+    """torchrun --max-restarts 1: one of 2 gloo ranks killed (SIGKILL) in epoch 2; the group restarts,
+    resumes from latest.pth and ends with the weights of an uninterrupted 2-rank run."""
+    import signal
+    import time
+
+    from runs import assert_same_weights, weights
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def torchrun(folder, *extra):
+        cfg = write_cfg(tiny_config(synthetic_dir, str(folder), epochs=3, lr_decay_epochs="2", batch_size=16))
+        return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 *extra, os.path.join(ROOT, "train_teacher.py"), "-cfg", cfg],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    whole = torchrun(tmp_path / "whole")
+    out = whole.communicate(timeout=300)[0]
+    assert whole.returncode == 0, out
+    folder = tmp_path / "killed"
+    run = torchrun(folder, "--max-restarts", "1")
+    deadline = time.time() + 120
+    while not (folder / "log.txt").exists() or "\nepoch 1 " not in (folder / "log.txt").read_text():
+        assert run.poll() is None and time.time() < deadline, run.stdout.read()
+        time.sleep(0.05)
+    time.sleep(0.3)
+    with open(f"/proc/{run.pid}/task/{run.pid}/children") as f:
+        ranks = [int(pid) for pid in f.read().split()]
+    assert len(ranks) == 2
+    os.kill(ranks[-1], signal.SIGKILL)
+    out = run.communicate(timeout=300)[0]
+    assert run.returncode == 0, out
+    log = (folder / "log.txt").read_text()
+    assert "resuming after epoch" in log, log
+    assert_same_weights(weights(tmp_path / "whole" / "resnet8_last.pth"), weights(folder / "resnet8_last.pth"))
