@@ -126,7 +126,7 @@ def test_batch_must_split_evenly(write_cfg, synthetic_dir, tmp_path):
 
 def test_a_killed_rank_makes_torchrun_restart_the_group_which_resumes_bit_identical(write_cfg, synthetic_dir,
                                                                                        tmp_path):
-    """torchrun --max-restarts 1: one of 2 gloo ranks killed (SIGKILL) in epoch 2; the group restarts,
+    """torchrun --max-restarts 3: one of 2 gloo ranks killed (SIGKILL) in epoch 2; the group restarts,
     resumes from latest.pth and ends with the weights of an uninterrupted 2-rank run."""
     import signal
     import time
@@ -144,7 +144,7 @@ def test_a_killed_rank_makes_torchrun_restart_the_group_which_resumes_bit_identi
     out = whole.communicate(timeout=300)[0]
     assert whole.returncode == 0, out
     folder = tmp_path / "killed"
-    run = torchrun(folder, "--max-restarts", "1")
+    run = torchrun(folder, "--max-restarts", "3")  # a loaded machine may miss a gloo connect on a restart
     deadline = time.time() + 120
     while not (folder / "log.txt").exists() or "\nepoch 1 " not in (folder / "log.txt").read_text():
         assert run.poll() is None and time.time() < deadline, run.stdout.read()

@@ -85,7 +85,8 @@ def test_slurm_task_runs_k_runs(tmp_path, monkeypatch):
             raise submitit.core.utils.FailedJobError(err.getvalue())
 
     monkeypatch.setattr(sweep.subprocess, "call", fake_call)
-    monkeypatch.setattr(submitit.helpers.CommandFunction, "__call__", task)
+    from helper.requeue import RequeuedCommand
+    monkeypatch.setattr(RequeuedCommand, "__call__", task)
     save_root = tmp_path / "slurm"
     code, out = call([*VANILLA, "--seeds", "2", "--runs-per-gpu", "2", "--executor", "slurm", "--cluster", "debug",
                       "--save_root", str(save_root), "--set", "epochs", "1", "lr_decay_epochs", "1"])

@@ -34,6 +34,12 @@ def rows_of(text, table="similar"):
     return rows
 
 
+def other_rows(part):
+    """{row label: [cell texts]} of the third table (other methods), columns: the 11 pairs."""
+    return {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")[1:]]
+            for line in part.splitlines() if line.startswith("| ") and not line.startswith("| |")}
+
+
 # ----------------------------------------------------------------------------- hand-made runs
 
 def make_run(folder, cfg, accs, finished=True, epochs=None, extra=(), done=None, kind="student"):
@@ -186,8 +192,7 @@ def test_third_table_other_methods_published_and_run(tmp_path):
     assert code == 0, out
     assert rows_of(out)["KD"][2] == "70.00 (n=1); paper 74.54; Δ -4.54"
     part = out.split("## Other methods, published elsewhere")[1].split("\n## ")[0]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")[1:]]
-            for line in part.splitlines() if line.startswith("| ") and not line.startswith("| |")}
+    rows = other_rows(part)
     # columns: the 5 similar pairs, then the 6 different ones
     assert rows["KD+DOT [dot]"][2] == "76.00 (n=1); paper 75.12; Δ +0.88"
     assert rows["KD+DOT [dot]"][9] == "paper 75.55" and rows["KD+DOT [dot]"][0] == "N/A"
@@ -274,9 +279,7 @@ def test_logit_methods_of_2022_2025_meet_their_published_figures(tmp_path):
     make_run(tmp_path / "ctkd_dkd", "kds/ctkd_dkd/wrn-40-2_wrn-16-2.yaml", [75.0])
     code, out = call([str(tmp_path)])
     assert code == 0, out
-    part = out.split("## Other methods, published elsewhere")[1].split("\n## ")[0]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")[1:]]
-            for line in part.splitlines() if line.startswith("| ") and not line.startswith("| |")}
+    rows = other_rows(out.split("## Other methods, published elsewhere")[1].split("\n## ")[0])
     assert rows["KD+LS [ls]"][2] == "77.00 (n=1); paper 76.62; Δ +0.38"
     assert rows["DIST [dist_kd]"][2] == "76.00 (n=1); paper 76.31; Δ -0.31"
     assert rows["TTM [ttm]"][1] == "71.00 (n=1); paper 71.46; Δ -0.46"

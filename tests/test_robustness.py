@@ -124,7 +124,7 @@ def test_a_late_non_finite_loss_points_at_the_learning_rate():
     class Run:
         path = "RUN"
     trainer = Trainer.__new__(Trainer)
-    trainer.run = Run()
+    trainer.run, trainer.logger = Run(), None
     with pytest.raises(NonFiniteLoss, match=r"loss term cc became non-finite.*lower learning_rate"):
         trainer.non_finite("epoch 7/240", 3, {"ce": 1.0, "cc": float("inf")},
                            {"ce": torch.tensor(1.0), "cc": torch.tensor(float("inf"))}, 0.05, early=False)
