@@ -497,7 +497,7 @@ def check_ddp(jobs_or_names, cfg_path=None):
     out = tempfile.mkdtemp(prefix="battery_ddp_")
     try:
         mp.start_processes(_ddp_worker, args=(_free_port(), jobs, out), nprocs=2, start_method="spawn")
-        reports = [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(2)]
+        reports = [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=True) for r in range(2)]
     finally:
         shutil.rmtree(out, ignore_errors=True)
     checks = {}

@@ -205,8 +205,8 @@ def read_yaml(path):
 
 def merge(cfg, items, origin):
     """Set each (key, value) of `items` on `cfg`, whose keys (common keys and the method's
-    knobs, at their defaults) are the valid ones. A value from the command line is a `Typed`
-    text, read as YAML unless the key's default is a string."""
+    knobs, at their defaults) are the valid ones. A value from the command line is a `Text`,
+    read as YAML unless the key's default is a string."""
     for key, value in items:
         if key == RECORDED:
             raise UserError(f"'{RECORDED}' in {origin} is written by the loader, not a setting: remove it")

@@ -408,8 +408,8 @@ class Trainer:
         """After epoch `epoch`'s training (and its evaluation `test`, rank 0's, or None): stop every
         rank together when the evaluation diverged or the weights are no longer finite."""
         why = diverged_score(test) if test is not None else None
-        if why is None and not all(torch.isfinite(p).all() for p in self.distiller.parameters()):
-            why = "non-finite weights"
+        if why is None and not torch.stack([torch.isfinite(p).all() for p in self.distiller.parameters()]).all():
+            why = "non-finite weights"  # (one read of the device for all of them)
         if distributed.all_reduce_sum(torch.tensor(float(why is not None), device=self.device)).item():
             where = f"the evaluation after epoch {epoch}" if test is not None else f"epoch {epoch}"
             self.diverged(f"{where} diverged ({why or 'on rank 0'}): stopped; the best checkpoint and latest.pth "

@@ -62,6 +62,17 @@ def check(term, case, logits, ref, **knobs):
     return loss
 
 
+def check_warm_up(term, case, logits, ref, prefix):
+    """The term at epochs 1, 10, 20 and 30 equals ref[prefix + epoch] (a 20-epoch warm-up)."""
+    distiller, name = term
+    a, _ = case
+    for epoch in (1, 10, 20, 30):
+        distiller.start_epoch(epoch)
+        value = distiller.method_losses(None, logits[a["student"]], None, logits[a["teacher"]],
+                                        torch.tensor(a["labels"]), None)[name]
+        assert value.item() == pytest.approx(ref[f"{prefix}{epoch}"], **VALUE)
+
+
 def assert_grad(grad, ref):
     assert grad.norm().item() == pytest.approx(ref["norm"], **GRAD)
     assert grad.sum().item() == pytest.approx(ref["sum"], rel=1e-5, abs=1e-12 * ref["norm"])
@@ -105,12 +116,7 @@ def test_rld_matches_the_original(case, logits):
     loss.backward()
     assert loss.item() == pytest.approx(ref["loss"], **VALUE)
     assert_grad(s.grad, ref["grad_logits_s"])
-    distiller = method("rld")
-    for epoch in (1, 10, 20, 30):
-        distiller.start_epoch(epoch)
-        value = distiller.method_losses(None, logits[a["student"]], None, logits[a["teacher"]],
-                                        torch.tensor(a["labels"]), None)["rld"]
-        assert value.item() == pytest.approx(rld[f"default_warmup20_epoch{epoch}"], **VALUE)
+    check_warm_up((method("rld"), "rld"), case, logits, rld, "default_warmup20_epoch")
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
@@ -123,12 +129,8 @@ def test_luminet_matches_the_original(case, logits):
             check((method("luminet", luminet_alpha=ref["alpha"], kd_T=ref["temperature"]), "luminet"), case,
                   logits, ref)
     config = lumi["class_config"]
-    distiller = method("luminet", luminet_alpha=config["alpha"], kd_T=config["T"], warmup_epochs=config["warmup"])
-    for epoch in (1, 10, 20, 30):
-        distiller.start_epoch(epoch)
-        value = distiller.method_losses(None, logits[a["student"]], None, logits[a["teacher"]],
-                                        torch.tensor(a["labels"]), None)["luminet"]
-        assert value.item() == pytest.approx(lumi[f"class_warmup20_epoch{epoch}"], **VALUE)
+    check_warm_up((method("luminet", luminet_alpha=config["alpha"], kd_T=config["T"], warmup_epochs=config["warmup"]),
+                   "luminet"), case, logits, lumi, "class_warmup20_epoch")
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
