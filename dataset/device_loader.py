@@ -56,13 +56,24 @@ def combinations(pad):
 COMBOS = combinations(PAD)
 
 
-def draw_augmentation(n, device, pad=PAD):
-    """(dy, dx, flip) for n images from the global RNG of `device`: dy, dx int64 in 0..2 pad (the
-    crop's top-left corner in the zero-padded image), flip bool; all combinations equally
-    likely, as torchvision's RandomCrop(size, padding=pad) + RandomHorizontalFlip()."""
+def draw_views(n, device, pad=PAD):
+    """n view numbers (int64 in 0..combinations(pad) - 1) from the global RNG of `device`, all
+    equally likely: which (crop offset, flip) each image gets (`view_augmentation`)."""
+    return torch.randint(0, combinations(pad), (n,), device=device)
+
+
+def view_augmentation(view, pad=PAD):
+    """(dy, dx, flip) of view numbers: dy, dx int64 in 0..2 pad (the crop's top-left corner in
+    the zero-padded image), flip bool. View v is dy = v // (2 (2 pad + 1)), dx = v // 2 mod
+    (2 pad + 1), flip = v mod 2: the teacher cache (helper/teacher_cache.py) is indexed the same way."""
     offsets = 2 * pad + 1
-    r = torch.randint(0, combinations(pad), (n,), device=device)
-    return r // (2 * offsets), (r // 2) % offsets, (r % 2).bool()
+    return view // (2 * offsets), (view // 2) % offsets, (view % 2).bool()
+
+
+def draw_augmentation(n, device, pad=PAD):
+    """(dy, dx, flip) for n images, every combination equally likely, as torchvision's
+    RandomCrop(size, padding=pad) + RandomHorizontalFlip()."""
+    return view_augmentation(draw_views(n, device, pad), pad)
 
 
 class CropFlip:
@@ -141,10 +152,12 @@ class DeviceLoader:
     sampler: yields this rank's indices of the epoch (EpochSampler), None: 0..N-1 in order;
     train: random crop (padding `pad`) + flip; drop_last: drop the last partial batch; pad_last:
     pad it instead (index -1, target -100); memory_format: of the yielded images
-    (torch.channels_last or torch.contiguous_format); mean, std: of the normalisation."""
+    (torch.channels_last or torch.contiguous_format); mean, std: of the normalisation; views:
+    a training batch also yields each image's view number (`view_augmentation`), fourth."""
 
     def __init__(self, images, targets, batch_size, device, sampler=None, train=True, drop_last=True,
-                 pad_last=False, memory_format=torch.contiguous_format, pad=PAD, mean=MEAN, std=STD):
+                 pad_last=False, memory_format=torch.contiguous_format, pad=PAD, mean=MEAN, std=STD,
+                 views=False):
         images = np.asarray(images)
         targets = np.asarray(targets)
         if (images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3
@@ -164,6 +177,7 @@ class DeviceLoader:
         self.dataset = DeviceData(self.images, targets)
         self.normalize = Normalize(self.device, mean, std)
         self.pad, self.crop_flip = pad, CropFlip(pad)
+        self.views = bool(views) and self.train
 
     def __len__(self):
         n = len(self.sampler) if self.sampler is not None else len(self.targets)
@@ -196,13 +210,14 @@ class DeviceLoader:
             batches = len(self)
             total = min(len(order), batches * self.batch_size)
             if self.train:
-                dy, dx, flip = draw_augmentation(total, self.device, self.pad)
+                view = draw_views(total, self.device, self.pad)
+                dy, dx, flip = view_augmentation(view, self.pad)
         for b in range(batches):
             lo, hi = b * self.batch_size, min(total, (b + 1) * self.batch_size)
             with self._one_thread():
                 augment = (dy[lo:hi], dx[lo:hi], flip[lo:hi]) if self.train else None
                 batch = self._batch(order[lo:hi], augment)
-            yield batch
+            yield batch + (view[lo:hi],) if self.views else batch
 
     def _batch(self, index, augment):
         images = self.images.index_select(0, index)
@@ -225,11 +240,12 @@ class DeviceLoader:
         return image, target, index
 
 
-def build_fast_loaders(cfg, device, rank=0, world_size=1, test_batch_size=256):
+def build_fast_loaders(cfg, device, rank=0, world_size=1, test_batch_size=256, views=False):
     """(train loader, test loader) of cfg's data set on `device`. The train loader takes this
     rank's shard of EpochSampler(N, cfg.seed, rank, world_size) in batches of
-    cfg.batch_size // world_size and drops the last partial batch; the test loader keeps every
-    image, in order, in batches of `test_batch_size` (as the plain path's test loader).
+    cfg.batch_size // world_size and drops the last partial batch (`views`: and yields each
+    image's view number); the test loader keeps every image, in order, in batches of
+    `test_batch_size` (as the plain path's test loader).
     DeviceLoaders for the sets held on the device; ImageNet's JPEG files are decoded on the GPU."""
     from . import EpochSampler
 
@@ -256,5 +272,6 @@ def build_fast_loaders(cfg, device, rank=0, world_size=1, test_batch_size=256):
                             f"{data_set.image_size}x{data_set.image_size}")
         loaders.append(DeviceLoader(images, split.targets, batch_size, device, sampler if train else None,
                                     train=train, drop_last=train, memory_format=memory_format,
-                                    pad=data_set.pad, mean=data_set.mean, std=data_set.std))
+                                    pad=data_set.pad, mean=data_set.mean, std=data_set.std,
+                                    views=views and train))
     return tuple(loaders)

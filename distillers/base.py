@@ -11,6 +11,13 @@ or ASKD's w_rs/w_cs are part of the method and applied inside it).
 
 The teacher is held outside the module tree: it is not in `parameters()`, `state_dict()`, any
 optimizer or any DDP wrapper; it stays in eval mode with gradients off.
+
+What a method reads of the teacher it declares in `teacher_reads`: ("logits",) for the logit
+methods, ("logits", "embedding") for those that read only the pooled embedding `feats[-1]` besides,
+and everything (the default, "feats") otherwise. Where it reads only logits or the embedding,
+the loop may serve them from the teacher cache (helper/teacher_cache.py: the teacher's outputs
+for every view the fast path can draw) instead of running the teacher; `feats_t` is then
+`[embedding]` (or None), so `feats_t[-1]` is all such a method may touch.
 """
 from typing import Callable, NamedTuple, Optional
 
@@ -33,6 +40,7 @@ class Distiller(nn.Module):
     teacher_train_mode = False  # True: the teacher follows the distiller's mode (BN batch statistics)
     check_settings = {}  # config values the method battery (helper/battery.py) runs it with
     strong_view = False  # True: each batch of B images holds 2B, the weak views then the strong (MLKD)
+    teacher_reads = ("feats", "logits")  # what losses read of the teacher: see the module docstring
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__()
@@ -43,10 +51,23 @@ class Distiller(nn.Module):
             teacher.requires_grad_(False)
         self.gamma, self.alpha, self.beta = float(cfg.gamma), float(cfg.alpha), float(cfg.beta)
         self.kd_T = float(cfg.kd_T)
+        self._cached_teacher = ()
 
     @property
     def teacher(self):
         return self._teacher[0] if self._teacher else None
+
+    def use_teacher_cache(self, lookup):
+        """Serve the teacher's outputs from `lookup(index, view)` -> (feats_t, logits_t) for the
+        batches that carry view numbers (kept, like the teacher, out of the module tree)."""
+        self._cached_teacher = (lookup,)
+
+    def teacher_outputs(self, image, index, view):
+        """(feats_t, logits_t) of the teacher on this batch: its cached outputs when the batch
+        says which view of which image each row is, else its forward pass."""
+        if view is not None and self._cached_teacher:
+            return self._cached_teacher[0](index, view)
+        return self.teacher(image, is_feat=True, preact=self.preact or self.teacher_preact)
 
     def train(self, mode=True):
         super().train(mode)
@@ -68,7 +89,7 @@ class Distiller(nn.Module):
         model.train(was_training)
         return feats
 
-    def forward(self, image, target, index=None):
+    def forward(self, image, target, index=None, view=None):
         if self.needs_feats:
             feats_s, logits_s = self.student(image, is_feat=True, preact=self.preact)
         else:
@@ -77,7 +98,7 @@ class Distiller(nn.Module):
         if self.teacher is None:
             return logits_s, losses
         with torch.no_grad():
-            feats_t, logits_t = self.teacher(image, is_feat=True, preact=self.preact or self.teacher_preact)
+            feats_t, logits_t = self.teacher_outputs(image, index, view)
         if self.alpha:
             losses["kd"] = self.alpha * self.kd_term(logits_s, logits_t)
         if self.beta:

@@ -28,6 +28,7 @@ FEAT_DIM = Knob("feat_dim", 128, "CRD/CC: embedding dimension", positive)
 
 
 class CC(Distiller):
+    teacher_reads = ("logits", "embedding")  # of its features, feats[-1] only
     knobs = (FEAT_DIM,)
     min_batch = 2  # a loss between samples
 

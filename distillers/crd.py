@@ -87,6 +87,7 @@ class Embed(LinearEmbed):
 
 
 class CRD(Distiller):
+    teacher_reads = ("logits", "embedding")  # of its features, feats[-1] only
     knobs = (
         FEAT_DIM,
         Knob("mode", "exact", "CRD positive: exact (the sample itself) or relax (a same-class sample)",

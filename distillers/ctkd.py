@@ -72,6 +72,7 @@ class CTKD(Distiller):
         LOGIT_STAND,
     )
     needs_feats = False
+    teacher_reads = ("logits",)
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)

@@ -24,6 +24,7 @@ class DIST(Distiller):
         Knob("dist_gamma", 1.0, "DIST: weight of the intra-class (per-class, over the batch) relation", non_negative),
     )
     needs_feats = False
+    teacher_reads = ("logits",)
     min_batch = 2  # the intra-class relation correlates the samples of a batch
 
     def __init__(self, student, teacher, cfg, train_targets=None):

@@ -53,6 +53,7 @@ class DKD(Distiller):
         LOGIT_STAND,
     )
     needs_feats = False
+    teacher_reads = ("logits",)
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)

@@ -14,6 +14,7 @@ from .functional import hinton_kd, standardize
 class HKD(Distiller):
     knobs = (LOGIT_STAND,)
     needs_feats = False
+    teacher_reads = ("logits",)
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)

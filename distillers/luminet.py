@@ -31,6 +31,7 @@ class LumiNet(Distiller):
     knobs = (Knob("luminet_alpha", 31.0, "LumiNet: the KL's scale is luminet_alpha^2", non_negative),
              WARMUP_EPOCHS)
     needs_feats = False
+    teacher_reads = ("logits",)
     min_batch = 2  # a class standardised over one sample is 0
 
     def __init__(self, student, teacher, cfg, train_targets=None):

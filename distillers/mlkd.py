@@ -39,6 +39,7 @@ def correlation_gap(p_s, p_t, dim):
 class MLKD(Distiller):
     knobs = (LOGIT_STAND,)
     needs_feats = False
+    teacher_reads = ("logits",)
     strong_view = True
 
     def __init__(self, student, teacher, cfg, train_targets=None):

@@ -23,6 +23,7 @@ from .base import Distiller
 class NKD(Distiller):
     knobs = (Knob("nkd_gamma", 1.5, "NKD: weight of the normalised non-target term", non_negative),)
     needs_feats = False
+    teacher_reads = ("logits",)
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)

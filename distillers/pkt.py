@@ -15,6 +15,7 @@ from .functional import probability_transfer_loss
 
 
 class PKT(Distiller):
+    teacher_reads = ("logits", "embedding")  # of its features, feats[-1] only
     min_batch = 2  # a loss between samples
 
     def method_losses(self, feats_s, logits_s, feats_t, logits_t, target, index):

@@ -13,6 +13,7 @@ from .functional import distance_structure_loss, rkd_angle
 
 
 class RKD(Distiller):
+    teacher_reads = ("logits", "embedding")  # of its features, feats[-1] only
     min_batch = 2  # a loss between samples
     w_distance, w_angle = 25.0, 50.0
 

@@ -40,6 +40,7 @@ class RLD(Distiller):
         WARMUP_EPOCHS,
     )
     needs_feats = False
+    teacher_reads = ("logits",)
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)

@@ -31,6 +31,7 @@ def transformed_teacher_kl(logits_s, logits_t, l):
 class TTM(Distiller):
     knobs = (TTM_L,)
     needs_feats = False
+    teacher_reads = ("logits",)
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)

@@ -20,6 +20,9 @@ refusing a path in one line (its `UserError`) passes that check. The checks, in 
 - resume: through the training script, a run stopped after epoch 1 and resumed ends bit for bit
   as the run done at once (student, and every state of the distiller);
 - fast: the fast path trains one epoch, or is refused in one line;
+- teacher_cache: where the method declares it reads only the teacher's logits (and embedding),
+  an epoch served by the teacher cache ends as the epoch that runs the teacher (float
+  tolerance); otherwise the cache is refused in one line;
 - ddp: 2 gloo ranks each give every owned parameter a gradient and end with equal parameters;
 - cuda_graph: on CUDA the graphed run ends as the eager one; refused in one line where the method
   declares it cannot be captured;
@@ -78,9 +81,10 @@ def calibrated(model, size=32):
 class Workspace:
     """A temporary folder with the synthetic data, a teacher file per pair and run folders."""
 
-    def __init__(self, root, pairs):
+    def __init__(self, root, pairs, cache=None):
         from dataset.synthetic import write_synthetic_cifar100
         self.root = root
+        self.cache = cache or os.path.join(root, "teacher_cache")
         self.data = os.path.join(root, "data")
         write_synthetic_cifar100(self.data, TRAIN_SIZE, TEST_SIZE, seed=0)
         self.teachers = {teacher: self.teacher_file(teacher) for teacher, _ in pairs}
@@ -374,6 +378,23 @@ class Battery:
             return ("pass", f"refused: {e}") if one_line(e) else ("fail", "refused in more than one line")
         return "pass", "one epoch on the fast path"
 
+    def teacher_cache(self):
+        from helper.checkpoint import load_checkpoint
+        finals = []
+        for cache in (self.ws.cache, "off"):
+            path, folder = self.config(fast=True, teacher_cache=cache)
+            try:
+                self.run(path, 1)
+            except UserError as e:
+                return ("pass", f"refused: {e}") if one_line(e) else ("fail", "refused in more than one line")
+            finals.append(load_checkpoint(os.path.join(folder, "latest.pth"))["distiller"])
+        differ = [k for k in finals[0] if not torch.allclose(finals[0][k].double(), finals[1][k].double(),
+                                                             rtol=1e-5, atol=1e-6)]
+        if differ:
+            return "fail", (f"declares teacher_reads {self.cls.teacher_reads}, yet the cached run differs from the "
+                            f"uncached one in {', '.join(differ[:4])}")
+        return "pass", f"reads {', '.join(self.cls.teacher_reads)}: the cached run == the uncached run"
+
     def cuda_graph(self):
         if not self.cls.capturable:
             path, _ = self.config(fast=True, cuda_graph=True)
@@ -517,15 +538,17 @@ def check_ddp(jobs_or_names, cfg_path=None):
 
 
 ORDER = ("builds", "knobs", "losses", "gradients", "lowers", "teacher", "checkpoint", "resume", "fast",
-         "ddp", "cuda_graph", "min_batch")
+         "teacher_cache", "ddp", "cuda_graph", "min_batch")
 
 
-def run_battery(name, pairs=DEFAULT_PAIRS, settings=(), ddp=True, workdir=None):
+def run_battery(name, pairs=DEFAULT_PAIRS, settings=(), ddp=True, workdir=None, cache_dir=None):
     """[Check] of method `name` (a built-in name or a plugin), in ORDER. `ddp` False leaves the
-    DDP check to the caller (the test suite runs every method's in one spawn: `check_ddp`)."""
+    DDP check to the caller (the test suite runs every method's in one spawn: `check_ddp`).
+    `cache_dir`: the teacher caches' folder, which batteries may share (the workspace's teachers
+    and data are the same every time, so is their cache); None: one in the workspace."""
     root = workdir or tempfile.mkdtemp(prefix="battery_")
     try:
-        battery = Battery(name, pairs, settings, Workspace(root, pairs))
+        battery = Battery(name, pairs, settings, Workspace(root, pairs, cache_dir))
         results = {}
         status, reason = _guard(battery.builds)
         results["builds"] = Check("builds", status, reason)

@@ -71,6 +71,10 @@ KEYS = [
     ("compile", False, "torch.compile the models (student and teacher), in place (state_dict keys unchanged)"),
     ("cuda_graph", False, "CUDA: capture the whole training step (forward, backward, SGD) as one CUDA "
                           "graph and replay it; needs fast true, amp off or bf16, one process"),
+    ("teacher_cache", "off", "train_student.py on the fast path: off, auto (./save/teacher_cache) or a folder "
+                             "where the teacher's logits (and pooled embedding) of every crop and flip of every "
+                             "training image are built once and read instead of running the teacher; for the "
+                             "methods that read nothing else of it (README, Speed)"),
     ("sync_bn", False, "DDP on CUDA: convert BatchNorm to SyncBatchNorm"),
     ("tensorboard", True, "write tensorboard event files into the run folder"),
     ("eval_freq", 1, "evaluate every this many epochs (1: every epoch, the protocol); the last epoch always; "
@@ -89,7 +93,7 @@ CHOICES = {
 }
 # Keys that may differ between a run and its resumption without changing the result.
 HARMLESS_ON_RESUME = ("print_freq", "num_workers", "epochs", "resume", "device", "save_freq",
-                      "tensorboard", "download", "data_dir", "cuda_graph", "plugin_path")
+                      "tensorboard", "download", "data_dir", "cuda_graph", "plugin_path", "teacher_cache")
 RECORDED = "plugins"  # set by the loader only
 LOW_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 

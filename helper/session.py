@@ -7,7 +7,7 @@ import dataset
 from common.errors import UserError
 from models import get_model
 
-from . import distributed
+from . import distributed, teacher_cache
 from .checkpoint import load_teacher
 from .config import load_config
 from .logger import NullLogger, RunLogger
@@ -17,10 +17,12 @@ from .trainer import Trainer, evaluate, pick_device, seed_everything
 
 
 def check_method(cfg, world_size):
-    """What the method asks of the run: a batch (per rank) of at least `min_batch` samples, and
-    a step that a CUDA graph can hold when cuda_graph is on."""
+    """What the method asks of the run: a batch (per rank) of at least `min_batch` samples, a
+    step that a CUDA graph can hold when cuda_graph is on, and teacher outputs that the teacher
+    cache can serve when it is on."""
     from distillers import method_class
     method = method_class(cfg.distill)[0]
+    teacher_cache.check(cfg, method, dataset.spec(cfg.dataset))
     if cfg.cuda_graph and not method.capturable:
         raise UserError(f"method '{cfg.distill}' reads the GPU from the host during its step, which "
                         f"a CUDA graph cannot hold: set cuda_graph false")
@@ -63,7 +65,8 @@ class Session:
         distributed.barrier()
         if cfg.fast:
             from dataset.device_loader import build_fast_loaders
-            self.train_loader, self.test_loader = build_fast_loaders(cfg, self.device, ctx.rank, ctx.world_size)
+            self.train_loader, self.test_loader = build_fast_loaders(
+                cfg, self.device, ctx.rank, ctx.world_size, views=self.uses_cache(cfg, script))
         else:
             self.train_loader = dataset.build_train_loader(cfg, ctx.rank, ctx.world_size, self.strong_view(cfg, script))
             self.test_loader = dataset.build_test_loader(cfg, batch_size=256, num_workers=cfg.num_workers)
@@ -79,6 +82,10 @@ class Session:
                  (f", resuming after epoch {state['epoch']}" if state else "") +
                  (f" (in epoch {state['partial']['epoch']} after step {state['partial']['steps']}, where a "
                   f"preemption stopped it)" if state and state.get("partial") else ""))
+
+    @staticmethod
+    def uses_cache(cfg, script):
+        return script == "student" and cfg.teacher_cache != "off"
 
     @staticmethod
     def strong_view(cfg, script):
@@ -142,6 +149,9 @@ class Session:
         from distillers import build
         targets = torch.as_tensor(self.train_loader.dataset.targets)
         distiller = build(self.cfg, student, teacher, targets).to(self.device)
+        if teacher is not None and self.cfg.teacher_cache != "off":
+            distiller.use_teacher_cache(teacher_cache.open_cache(
+                self.cfg, type(distiller), teacher, self.train_loader, self.spec, self.device, self.log))
         try:
             self.open_run_folder()
             trainer = Trainer(self.cfg, distiller, self.train_loader, self.test_loader, self.run,

@@ -273,15 +273,16 @@ class Trainer:
                           f"holds the last finished epoch; run the same command again to resume",
                           self.stop.signum)
 
-    def step(self, optimizer, compute_losses, image, target, index, average=()):
+    def step(self, optimizer, compute_losses, image, target, index, *view, average=()):
         """One optimisation step; returns (logits or None, {name: loss tensor}, total loss).
+        `view`: the batch's view numbers, when the loader gives them (the teacher cache).
         `average`: parameters whose gradients are averaged over the ranks by hand (those
         trained outside the DDP wrapper)."""
         if self.cfg.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=AMP_DTYPES.get(self.cfg.amp), enabled=self.cfg.amp != "off",
                             cache_enabled=not self.cfg.cuda_graph):
-            logits, losses = compute_losses(image, target, index)
+            logits, losses = compute_losses(image, target, index, *view)
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         if isinstance(optimizer, DOT):
@@ -314,7 +315,7 @@ class Trainer:
         return dict(zip(sums, values[:-2])), values[-2], values[-1]
 
     def train_epoch(self, desc, step_fn, lr, first=False, epoch=None):
-        """`step_fn(image, target, index)` -> (logits, losses, loss) for each batch. Sums stay
+        """`step_fn(image, target, index[, view])` -> (logits, losses, loss) for each batch. Sums stay
         on the device; they are read (and checked for NaN/inf) every step on the plain path and
         every print_freq steps on the fast path, where a read costs a sync. `first`: the run's
         first epoch (a loss that breaks there points at the config). `epoch`: the main training's
@@ -330,7 +331,7 @@ class Trainer:
         totals, total_correct, total_seen = {}, 0.0, 0
         partial = None
         try:
-            for step, (image, target, index) in enumerate(self.train_loader, 1):
+            for step, (image, target, index, *view) in enumerate(self.train_loader, 1):
                 if step < done:  # the batches the stopped run took: drawn again (data only), skipped
                     continue
                 if step == done:  # where it stopped: its RNG states, then on as it would have gone
@@ -342,7 +343,8 @@ class Trainer:
                     image = image.to(self.device, non_blocking=True)
                     target = target.to(self.device, non_blocking=True)
                     index = index.to(self.device, non_blocking=True)
-                    logits, losses, loss = step_fn(image, target, index)
+                    view = [v.to(self.device, non_blocking=True) for v in view]
+                    logits, losses, loss = step_fn(image, target, index, *view)
                     n = len(target)
                     seen += n
                     for name, value in losses.items():

@@ -8,11 +8,18 @@ from helper.battery import DEFAULT_PAIRS, Battery, Workspace, check_ddp, exit_st
 METHODS = method_names()
 
 
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """One teacher cache for every battery of this process (same teachers, same data)."""
+    return str(tmp_path_factory.mktemp("battery_teacher_cache"))
+
+
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_passes_the_battery(method):
-    checks = run_battery(method, ddp=False)
+def test_every_method_passes_the_battery(method, cache_dir):
+    checks = run_battery(method, ddp=False, cache_dir=cache_dir)
     assert exit_status(checks) == 0, table(method, checks)
-    assert {c.name for c in checks} >= {"builds", "gradients", "lowers", "resume", "fast", "min_batch"}
+    assert {c.name for c in checks} >= {"builds", "gradients", "lowers", "resume", "fast", "teacher_cache",
+                                        "min_batch"}
 
 
 @pytest.fixture(scope="module")
