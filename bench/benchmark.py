@@ -9,6 +9,7 @@ measured in one process and written into BENCHMARKS.md.
     python bench/benchmark.py --device cpu --quick      # the CPU table of BENCHMARKS.md
     python bench/benchmark.py --device cuda             # a GPU's table
     python bench/benchmark.py --device cuda --packing 1,2,4,8   # K runs at once on one GPU
+    python bench/benchmark.py --teacher-cache           # cached teacher logits beside the teacher's forward
 
 What it measures, on a CIFAR-100-sized synthetic training set (50000 images, 100 classes,
 written in CIFAR-100's format to a temporary folder and read by the project's own readers, so
@@ -35,6 +36,12 @@ and channels_last; fast fp32 on a CPU) that builds, warms up, waits for the othe
 projected wall time of the paper's two tables with 3 seeds (the runs counted from configs/ and
 configs/paper_results.json) on 1 and 8 such devices, each run costed as this ASKD run (training
 steps only). It writes its own section of BENCHMARKS.md.
+
+`--teacher-cache` measures instead KD and DKD (resnet32x4 -> resnet8x4, wrn_40_2 -> wrn_16_2) on
+the fast path (CUDA: graphed, bf16, channels_last) with the teacher's forward beside the same
+with the teacher cache (helper/teacher_cache.py; `tiled_cache` says how its table is made), the
+cache's build rate and size, and the projected wall time of the tables' logit rows with and
+without it. Its own section of BENCHMARKS.md.
 
 Configs are the paper's YAML files (configs/...) loaded by helper.config.load_config with the
 data/path/precision keys overridden; models come from models.model_dict with random weights
@@ -68,7 +75,8 @@ import torch  # noqa: E402
 
 import dataset  # noqa: E402
 import distillers  # noqa: E402
-from dataset.device_loader import build_fast_loaders  # noqa: E402
+from dataset.device_loader import build_fast_loaders, combinations  # noqa: E402
+from common.errors import UserError  # noqa: E402
 from dataset.synthetic import write_synthetic_cifar100  # noqa: E402
 from helper import packing  # noqa: E402
 from helper.config import load_config  # noqa: E402
@@ -100,12 +108,14 @@ CASES = [
     ("askd_mobilenetv2", "configs/kds/ours/vgg13_mobilenetv2.yaml", "student", [],
      "ASKD: vgg13 -> MobileNetV2"),
 ]
+# with KD on both pairs, the teacher cache's cases (--teacher-cache); not in the default set
+CASES.append(("dkd_wrn16_2", "configs/kds/dkd/wrn-40-2_wrn-16-2.yaml", "student", [], "DKD: wrn_40_2 -> wrn_16_2"))
 # the logit methods of 2022-2025 papers, beside KD on the same pair (--cases logit); not in the default set
 LOGIT_CASES = [(m, f"configs/kds/{m}/resnet32x4_resnet8x4.yaml", "student", [], f"{label}: resnet32x4 -> resnet8x4")
                for m, label in (("dkd", "DKD"), ("dist", "DIST"), ("ctkd", "CTKD"), ("nkd", "NKD"), ("ttm", "TTM"),
                                 ("wttm", "WTTM"), ("rld", "RLD"), ("luminet", "LumiNet"), ("kd_ls", "KD+LS"),
                                 ("mlkd", "MLKD (two views, plain path only)"))]
-DEFAULT_CASES = [c[0] for c in CASES]
+DEFAULT_CASES = [c[0] for c in CASES if c[0] != "dkd_wrn16_2"]
 CASES += LOGIT_CASES
 # key: (path, precision, label, overrides); the modes measured by default on each device
 MODES = {
@@ -117,7 +127,15 @@ MODES = {
                  {"amp": "bf16", "cuda_graph": True, "channels_last": True}),
     "graph_cl_compile": ("fast", "bf16", "fast + CUDA graph + channels_last + compile",
                          {"amp": "bf16", "cuda_graph": True, "channels_last": True, "compile": True}),
+    # the teacher's logits gathered from the teacher cache instead of its forward (--teacher-cache)
+    "cached": ("fast", "fp32", "fast + teacher cache", {"teacher_cache": True}),
+    "graph_cl_cached": ("fast", "bf16", "fast + CUDA graph + channels_last + teacher cache",
+                        {"amp": "bf16", "cuda_graph": True, "channels_last": True, "teacher_cache": True}),
 }
+# --teacher-cache: these cases, each uncached beside cached
+CACHE_CASES = ("kd", "dkd", "kd_wrn16_2", "dkd_wrn16_2", "crd")  # CRD: the logits and the embedding
+CACHE_MODES = {"cpu": ["fast", "cached"], "cuda": ["graph_cl", "graph_cl_cached"]}
+CACHE_SAMPLE = {"cpu": 16, "cuda": 2000}  # images whose 162 views the timed cache build computes
 DEFAULT_MODES = {"cpu": ["plain", "fast", "bf16"],
                  "cuda": ["plain", "fast", "bf16", "graph", "graph_cl", "graph_cl_compile"]}
 
@@ -242,17 +260,20 @@ def bench_data(data_dir, device, workers, quick):
 
 
 # -- training steps -----------------------------------------------------------------------------
-def build_case(case, mode, data_dir, device, workers, batch_size):
+def build_case(case, mode, data_dir, device, workers, batch_size, builds=None):
     """(cfg, loader, step) for one case in one mode: the paper's YAML with the data, path and
     precision keys overridden, random weights, and the loop's own step (`Trainer.train_step`:
-    autocast forward, backward, SGD; the CUDA graph replay when the mode has one)."""
+    autocast forward, backward, SGD; the CUDA graph replay when the mode has one). A mode with
+    the teacher cache serves the teacher's logits from `tiled_cache` (`builds`: its builds by
+    teacher, reused)."""
     _, yaml_path, script, extra, _ = case
     path, _, _, options = MODES[mode]
+    cached = options.get("teacher_cache", False)
     overrides = ["dataset", "synthetic", "synthetic_train_size", TRAIN_SIZE, "data_dir", data_dir,
                  "device", device.type, "fast", path == "fast",
                  "num_workers", workers, "batch_size", batch_size, "tensorboard", False] + extra
     for key, value in options.items():
-        overrides += [key, value]
+        overrides += [key, os.path.join(data_dir, "teacher_cache") if key == "teacher_cache" else value]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the paper's low-lr warning for ShuffleV2 and co.
         cfg = load_config(os.path.join(ROOT, yaml_path), [str(v) for v in overrides], script)
@@ -267,29 +288,67 @@ def build_case(case, mode, data_dir, device, workers, batch_size):
     if script == "student":
         check_method(cfg, 1)  # what the method refuses (MLKD's two views on the fast path) is one line
     if path == "fast":
-        loader, _ = build_fast_loaders(cfg, device)
+        loader, _ = build_fast_loaders(cfg, device, views=cached)
     else:
         loader = dataset.build_train_loader(cfg, strong_view=Session.strong_view(cfg, script))
     targets = torch.as_tensor(loader.dataset.targets)
     teacher = models[1] if len(models) > 1 else None
     distiller = distillers.build(cfg, models[0], teacher, targets).to(device)
+    if cached:
+        distiller.use_teacher_cache(tiled_cache(cfg, teacher, loader, device, {} if builds is None else builds))
     distiller.train()
     return cfg, loader, Trainer(cfg, distiller, loader, None, None, None, device).train_step
 
 
+def tiled_cache(cfg, teacher, loader, device, builds):
+    """A TeacherCache over all N training images, holding what the method reads of the teacher
+    (logits; CRD: and the embedding). Its tables have the full size (N x 162 rows, on the
+    training device), so the step's gather is the real one; their values are the teacher's
+    outputs of the first CACHE_SAMPLE images' 162 views, built by helper/teacher_cache.build
+    (timed) and repeated over the N images: where a row's values come from does not change the
+    speed of reading it. `builds`: {(teacher, outputs): (sampled {output: array}, dtype, (images,
+    views, seconds))}, filled by the first build of each and reused (the cases' teachers have
+    the same seeded weights)."""
+    import numpy as np
+    from helper import teacher_cache
+    reads = distillers.method_class(cfg.distill)[0].teacher_reads
+    outputs = tuple(name for name in teacher_cache.OUTPUTS if name in reads)
+    if (cfg.model_t, outputs) not in builds:
+        folder = tempfile.mkdtemp(prefix="askd_cache_", dir=os.path.dirname(cfg.teacher_cache))
+        try:
+            sample = min(CACHE_SAMPLE[device.type], len(loader.images))
+            sync(device)
+            start = time.perf_counter()
+            teacher_cache.build(folder, {"bench": cfg.model_t}, list(outputs), teacher, loader.images[:sample],
+                                dataset.spec(cfg.dataset), cfg, device, lambda line: None)
+            sync(device)
+            seconds = time.perf_counter() - start
+            sampled = {name: torch.from_numpy(np.load(os.path.join(folder, f"{name}.npy"))) for name in outputs}
+            dtype = getattr(torch, teacher_cache.read_meta(folder)["dtype"])
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        builds[cfg.model_t, outputs] = (sampled, dtype, (sample, combinations(4), seconds))
+    sampled, dtype, _ = builds[cfg.model_t, outputs]
+    n, views = len(loader.images), combinations(4)
+    tables = {name: teacher_cache.place(values.repeat(-(-n // len(values)), 1, 1)[:n].reshape(n * views, -1),
+                                        device, "(benchmark)")
+              for name, values in sampled.items()}
+    return teacher_cache.TeacherCache(tables, {name: tuple(v.shape[2:]) for name, v in sampled.items()}, dtype, views)
+
+
 def run_steps(it, step, device, count, read_every_step):
     for _ in range(count):
-        image, target, index = next(it)
+        image, target, index, *view = next(it)
         image = image.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
         index = index.to(device, non_blocking=True)
-        _, _, loss = step(image, target, index)
+        _, _, loss = step(image, target, index, *view)
         if read_every_step:
             loss.item()
     sync(device)
 
 
-def bench_case(case, args, data_dir, device, memory):
+def bench_case(case, args, data_dir, device, memory, builds=None):
     """The modes of one case, built one after the other (peak memory of each measured over its
     build and warm-up, which includes a CUDA graph's capture), then timed in interleaved blocks
     (the order rotating every repeat), so that a shared machine's load drifts hit every mode
@@ -300,7 +359,7 @@ def bench_case(case, args, data_dir, device, memory):
     for mode in args.modes:
         memory.start()
         try:
-            cfg, loader, step = build_case(case, mode, data_dir, device, args.workers, args.batch_size)
+            cfg, loader, step = build_case(case, mode, data_dir, device, args.workers, args.batch_size, builds)
             it = iter(loader)
             run_steps(it, step, device, args.warmup, not cfg.fast)
         except Exception as error:  # noqa: BLE001 -- reported in the table
@@ -442,6 +501,84 @@ def packing_section(device, args, command, rows):
         wall = [images / (aggregate * devices) / 3600 for devices in (1, 8)]
         out.append(f"| {k} | {aggregate:,.1f} | {versus} | {statistics.fmean(each):,.1f} | "
                    f"{'-' if peak is None else f'{peak:,.0f}'} | {wall[0]:,.1f} h | {wall[1]:,.1f} h |")
+    return "\n".join(out) + "\n"
+
+
+# -- the teacher cache: cached beside uncached -----------------------------------------------------
+def logit_runs():
+    """(runs, teachers) of configs/kds/: every shipped CIFAR-100 config of a method that the
+    teacher cache serves (it reads only the teacher's logits), and their distinct teachers."""
+    import yaml
+    from helper import teacher_cache
+    runs, teachers = 0, set()
+    for folder in sorted(os.listdir(os.path.join(ROOT, "configs", "kds"))):
+        for name in sorted(os.listdir(os.path.join(ROOT, "configs", "kds", folder))):
+            with open(os.path.join(ROOT, "configs", "kds", folder, name)) as f:
+                cfg = yaml.safe_load(f)
+            method = distillers.method_class(cfg.get("distill", "kd"))[0]
+            if tuple(method.teacher_reads) == ("logits",) and not method.strong_view:
+                try:
+                    teacher_cache.check(argparse.Namespace(teacher_cache="auto", fast=True, distill=cfg["distill"],
+                                                           dataset="cifar100"), method)
+                except UserError:  # a method the cache refuses is not counted
+                    continue
+                runs += 1
+                teachers.add(cfg["model_t"])
+    return runs, len(teachers)
+
+
+def cache_section(device, args, command, results, builds):
+    kind = device.type
+    plain_mode, cached_mode = CACHE_MODES[kind]
+    runs, teachers = logit_runs()
+    out = header(f"Teacher cache on {kind.upper()}", device, args, command) + [
+        f"- each case in {MODES[plain_mode][2]} ({MODES[plain_mode][1]}) beside {MODES[cached_mode][2]}, batch "
+        f"{args.batch_size}: {args.warmup} warm-up steps, then the median of {args.repeats} blocks of {args.steps} "
+        f"steps, the two modes interleaved block by block",
+        f"- the cached step gathers each batch's logits from a table of the full size ({TRAIN_SIZE} images x 162 "
+        f"views, on the training device); its values are the teacher's outputs of the first "
+        f"{CACHE_SAMPLE[kind]} images' views, built by helper/teacher_cache.build and repeated (`tiled_cache`)",
+        "- cache build: that build timed; the full build projected from it (50000 x 162 views)",
+        f"- the logit rows of the tables: every shipped CIFAR-100 config of a method the cache serves "
+        f"({runs} configs of configs/kds/, {teachers} teachers) x {SEEDS} seeds, each costed as the KD "
+        f"resnet32x4 -> resnet8x4 run of this table (training steps only); cached: plus one full build per "
+        f"teacher, costed as resnet32x4's",
+        "", "| case | uncached images/s | cached images/s | cached vs uncached (median) | (best block) "
+            "| 240 epochs uncached | cached |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for case in CASES:
+        name = case[0]
+        a, b = rate_of(results, name, plain_mode), rate_of(results, name, cached_mode)
+        if not (a and b):
+            failed = [results.get((name, m)) for m in (plain_mode, cached_mode)]
+            if any(isinstance(f, str) for f in failed):
+                out.append(f"| {case[4]} | failed: {next(f for f in failed if isinstance(f, str))} | | | | | |")
+            continue
+        out.append(f"| {case[4]} | {a[0]:,.1f} | {b[0]:,.1f} | {b[0] / a[0]:.2f}x | {b[1] / a[1]:.2f}x "
+                   f"| {hours(a[0])} | {hours(b[0])} |")
+    out += ["", "| cache build (teacher: outputs) | views built | seconds | views/s | full build (projected) | "
+                "size on disk |", "|---|---:|---:|---:|---:|---:|"]
+    full_build = {}
+    for (teacher, outputs), (sampled, _, (sample, views, seconds)) in builds.items():
+        rate = sample * views / seconds
+        if outputs == ("logits",):
+            full_build[teacher] = TRAIN_SIZE * views / rate
+        sizes = ", ".join(f"{name} {TRAIN_SIZE * views * values[0, 0].numel() * 4 / 1e9:.2f} GB"
+                          for name, values in sampled.items())
+        out.append(f"| {teacher}: {' + '.join(outputs)} | {sample * views:,} | {seconds:,.1f} | {rate:,.0f} | "
+                   f"{TRAIN_SIZE * views / rate / 3600:,.2f} h | {sizes} |")
+    kd = rate_of(results, "kd", plain_mode), rate_of(results, "kd", cached_mode)
+    if all(kd) and "resnet32x4" in full_build:
+        images = runs * SEEDS * EPOCHS * TRAIN_SIZE
+        uncached = images / kd[0][0] / 3600
+        cached = images / kd[1][0] / 3600 + teachers * full_build["resnet32x4"] / 3600
+        out += ["", f"The logit rows ({runs} configs x {SEEDS} seeds = {runs * SEEDS} runs of {EPOCHS} epochs) on one "
+                    f"such device: **{uncached:,.0f} h uncached, {cached:,.0f} h cached** (of which "
+                    f"{teachers} cache builds: {teachers * full_build['resnet32x4'] / 3600:,.1f} h)."]
+        if kind == "cpu":
+            r = kd[1][0] / kd[0][0]
+            out += ["", "| target | measured (median) | met |", "|---|---:|---|",
+                    f"| cached KD step >= 1.6x the uncached one (CPU fast path, resnet32x4 -> resnet8x4) | "
+                    f"{r:.2f}x | {'yes' if r >= 1.6 else '**no**'} |"]
     return "\n".join(out) + "\n"
 
 
@@ -594,10 +731,11 @@ No GPU was lent to the session that wrote the packing mode: **the GPU packing fi
 (`sweep.py --runs-per-gpu K`: aggregate images/s of K = 1, 2, 4, 8 ASKD runs on one GPU, and the
 projected wall time of the paper's tables on 1 and 8 GPUs) are unmeasured**, and so is the share
 of a GPU epoch that its evaluation takes, and the profile of the graphed ASKD step (where its
-2.2 ms go: teacher forward, student forward and backward, losses, SGD). Measure them with
-`python bench/benchmark.py --device cuda --packing 1,2,4,8`, `python bench/eval_cost.py --device cuda`
-and `python bench/profile_step.py --device cuda` (all part of `bash bench/gpu_checks.sh`, which
-runs within one device command's 600 s).
+2.2 ms go: teacher forward, student forward and backward, losses, SGD), and the graphed step
+with the teacher cache beside the graphed step that runs the teacher. Measure them with
+`python bench/benchmark.py --device cuda --packing 1,2,4,8`, `python bench/eval_cost.py --device cuda`,
+`python bench/profile_step.py --device cuda` and `python bench/benchmark.py --device cuda --teacher-cache`
+(all part of `bash bench/gpu_checks.sh`, which runs within one device command's 600 s).
 """
 
 UNMEASURED_GPU = """## GPU: unmeasured
@@ -651,6 +789,9 @@ def main():
     parser.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
     parser.add_argument("--packing", default=None, metavar="K,...",
                         help="measure K concurrent ASKD runs instead (e.g. 1,2,4,8): sweep.py --runs-per-gpu")
+    parser.add_argument("--teacher-cache", action="store_true",
+                        help="measure the teacher cache instead: KD and DKD on resnet32x4 -> resnet8x4 and "
+                             "wrn_40_2 -> wrn_16_2, cached beside uncached, the cache's build and size")
     args = parser.parse_args()
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
     device = torch.device(args.device)
@@ -667,6 +808,8 @@ def main():
     args.repeats = defaults[1] if args.repeats is None else args.repeats
     args.steps = defaults[2] if args.steps is None else args.steps
     args.modes = args.modes.split(",") if args.modes else DEFAULT_MODES[device.type]
+    if args.teacher_cache:
+        args.modes, args.cases = CACHE_MODES[device.type], ",".join(CACHE_CASES)
     if args.packing:
         try:
             args.packing = [int(k) for k in args.packing.split(",")]
@@ -674,7 +817,7 @@ def main():
             sys.exit(f"--packing takes comma-separated run counts, e.g. 1,2,4,8; got {args.packing}")
         if min(args.packing) < 1:
             sys.exit("--packing: every K must be at least 1")
-    if "plain" not in args.modes or set(args.modes) - set(MODES):
+    if ("plain" not in args.modes and not args.teacher_cache) or set(args.modes) - set(MODES):
         sys.exit(f"--modes must include plain and name only: {', '.join(MODES)}")
     wanted = ["kd", *(c[0] for c in LOGIT_CASES)] if args.cases == "logit" else args.cases.split(",")
     unknown = set(wanted) - {c[0] for c in CASES}
@@ -695,6 +838,23 @@ def main():
             print("\n" + text)
             if not args.no_write:
                 key = f"packing-{device.type}:{device_name(device).split(' (')[0]}"
+                write_markdown(key, text)
+                print(f"written into {MARKDOWN} (section {key})")
+            return
+        if args.teacher_cache:
+            results, builds = {}, {}
+            for case in CASES:
+                if case[0] in wanted:
+                    results.update(bench_case(case, args, data_dir, device, PeakMemory(device), builds))
+                    for mode in args.modes:
+                        got = results.get((case[0], mode))
+                        print(f"step  {case[0]:15s} {mode:15s}: " +
+                              (f"failed: {got}" if isinstance(got, str) else f"{got[0]:9.1f} images/s"), flush=True)
+            args.load_after = "%.1f/%.1f/%.1f" % os.getloadavg()
+            text = cache_section(device, args, command, results, builds)
+            print("\n" + text)
+            if not args.no_write:
+                key = f"teacher-cache-{device.type}:{device_name(device).split(' (')[0]}"
                 write_markdown(key, text)
                 print(f"written into {MARKDOWN} (section {key})")
             return

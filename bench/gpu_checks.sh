@@ -11,6 +11,8 @@
 #      stopped after 3 epochs and resumed to 4), an ASKD student;
 #   4. bench/benchmark.py --device cuda --packing 1,2,4,8: K ASKD runs at once on the GPU (what
 #      sweep.py --runs-per-gpu K does, under MPS when available), its section of BENCHMARKS.md;
+#      then bench/benchmark.py --device cuda --teacher-cache: the graphed step with the teacher's
+#      logits from the teacher cache beside the graphed step that runs the teacher;
 #   5. bench/eval_cost.py --device cuda: the evaluation of an epoch against its training;
 #   6. sweep.py --runs-per-gpu 2 (the memory probe, MPS, two runs at once);
 #   7. CRD and the plain path through the scripts; the method battery on DKD (its cuda_graph
@@ -59,6 +61,7 @@ step student_askd 60 python3 train_student.py -cfg configs/quickstart/student.ya
 ls -R "$work/askd" >"$logs/run_folder.txt" 2>&1
 
 TAIL=20 step packing 150 python3 bench/benchmark.py --device cuda --packing 1,2,4,8 --warmup 10 --steps 200
+TAIL=24 step teacher_cache 150 python3 bench/benchmark.py --device cuda --teacher-cache --warmup 10 --repeats 5 --steps 50
 TAIL=8 step eval_cost 60 python3 bench/eval_cost.py --device cuda
 TAIL=12 step sweep_packed 90 python3 sweep.py --table similar --pairs res110_res20 --methods vanilla --seeds 2 \
     --runs-per-gpu 2 --save_root "$work/sweep" --set dataset synthetic data_dir "$work/sweep_data" epochs 2 lr_decay_epochs 1 device cuda fast True

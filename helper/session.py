@@ -22,7 +22,7 @@ def check_method(cfg, world_size):
     cache can serve when it is on."""
     from distillers import method_class
     method = method_class(cfg.distill)[0]
-    teacher_cache.check(cfg, method, dataset.spec(cfg.dataset))
+    teacher_cache.check(cfg, method)
     if cfg.cuda_graph and not method.capturable:
         raise UserError(f"method '{cfg.distill}' reads the GPU from the host during its step, which "
                         f"a CUDA graph cannot hold: set cuda_graph false")

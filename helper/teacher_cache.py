@@ -42,6 +42,7 @@ import torch
 from common.errors import UserError
 from common.files import write_atomic
 from dataset.device_loader import CropFlip, Normalize, combinations, view_augmentation
+from dataset.registry import spec
 
 from .logger import Progress
 from .trainer import AMP_DTYPES
@@ -54,10 +55,11 @@ DEFAULT_DIR = os.path.join("save", "teacher_cache")
 FORWARD_ROWS = {"cpu": 256, "cuda": 4096}
 
 
-def check(cfg, method, data_set):
+def check(cfg, method):
     """Refuse, in one line, a run whose teacher outputs a cache cannot serve exactly."""
     if cfg.teacher_cache == "off":
         return
+    data_set = spec(cfg.dataset)
     name, reads = cfg.distill, tuple(method.teacher_reads)
     if method.strong_view:
         raise UserError(f"method '{name}' runs the teacher on a second, strongly augmented view of each image, "

@@ -12,7 +12,7 @@ import torch
 import distillers.rkd
 from dataset.synthetic import write_synthetic_cifar100
 from helper.session import check_method
-from runs import assert_same_weights, run_script, start_script, tiny_config, weights
+from runs import assert_same_weights, make_cfg, run_script, start_script, tiny_config, weights
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +69,11 @@ def test_configs_whose_loss_is_undefined_are_refused(extra, expected, data_33, t
 
 
 def test_the_minimum_batch_is_per_process():
-    cfg = dict(distill="rkd", batch_size=2, cuda_graph=False, fast=False)
-
-    class Cfg(dict):
-        __getattr__ = dict.__getitem__
-    check_method(Cfg(cfg), 1)
+    check_method(make_cfg("rkd", batch_size=2), 1)
     with pytest.raises(Exception, match=r"per process \(2 processes\).*set batch_size 4 or more"):
-        check_method(Cfg(cfg), 2)
+        check_method(make_cfg("rkd", batch_size=2), 2)
     with pytest.raises(Exception, match="method 'kdsvd' reads the GPU from the host.*set cuda_graph false"):
-        check_method(Cfg(cfg, distill="kdsvd", cuda_graph=True), 1)
+        check_method(make_cfg("kdsvd", batch_size=2, cuda_graph=True), 1)
 
 
 class OneByOne(torch.nn.Module):

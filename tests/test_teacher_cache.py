@@ -202,3 +202,17 @@ def test_what_the_cache_cannot_serve_is_refused_in_one_line(space, distill, extr
     code, out, err = run_script("train_student.py", config(space, name, distill, **extra))
     assert code != 0 and says in err and len(err.strip().splitlines()) == 1, out + err
     assert not (space / name).exists()
+
+
+def test_two_runs_started_together_build_the_cache_once(space, tmp_path):
+    import shutil
+    shutil.copytree(space / "data", tmp_path / "data")
+    shutil.copy(space / "teacher.pth", tmp_path / "teacher.pth")
+    processes = [subprocess.Popen([sys.executable, os.path.join(ROOT, "train_student.py"), "-cfg",
+                                   config(tmp_path, f"run{i}", "kd")], cwd=ROOT, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes), outs
+    assert sum("teacher cache: building" in out for out in outs) == 1, outs
+    assert epoch_lines(outs[0]) == epoch_lines(outs[1])
+    assert len(cache_folders(tmp_path)) == 1
