@@ -1,7 +1,8 @@
 """Data sources of a run: the train and test sets of the config's data set, and their loaders.
 
-The data sets (cifar100, cifar10, tiny_imagenet, imagenet, synthetic) are described in one
-registry (dataset/registry.py): `spec(name)`. Every training item is (image, target, index).
+The data sets (cifar100, cifar10, tiny_imagenet, imagenet, imagefolder, synthetic) are described
+in one registry (dataset/registry.py): `spec(name)`, and `data_spec(cfg)` as a run sees it.
+Every training item is (image, target, index).
 The order of epoch e is a permutation drawn from (seed, e) alone, so a resumed run sees the
 same batches, and each DDP rank takes its own shard of that permutation.
 """
@@ -12,7 +13,7 @@ import torch
 
 from .cifar100 import read_split  # noqa: F401  (CIFAR-100's reader: images, labels)
 from .images import IndexedImages
-from .registry import NAMES, DataSpec, data_root, spec  # noqa: F401
+from .registry import NAMES, DataSpec, data_root, data_spec, spec  # noqa: F401
 from .strong_view import TwoViews, collate_views
 
 
@@ -53,7 +54,7 @@ class EpochSampler(torch.utils.data.Sampler):
 def build_train_loader(cfg, rank=0, world_size=1, strong_view=False):
     """This rank's training batches. `strong_view`: each image also as its strong view
     (dataset/strong_view.py), a batch of B images then holding 2B: the weak views, then the strong."""
-    data_set = spec(cfg.dataset)
+    data_set = data_spec(cfg)
     transform = data_set.train_transform()
     if strong_view:
         transform = TwoViews(transform)
@@ -66,7 +67,7 @@ def build_train_loader(cfg, rank=0, world_size=1, strong_view=False):
 
 def build_test_loader(cfg, batch_size=256, num_workers=0):
     """The test split of cfg's data set, in order; the data must be there (prepare_data)."""
-    data_set = spec(cfg.dataset)
+    data_set = data_spec(cfg)
     data = IndexedImages(data_set.read(data_root(cfg), "test"), data_set.test_transform())
     return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                        pin_memory=torch.cuda.is_available())

@@ -42,7 +42,8 @@ import torch
 from common.errors import UserError
 
 from .cifar100 import MEAN, STD
-from .registry import data_root, spec
+from .imagefolder import resize_of
+from .registry import data_root, data_spec
 
 PAD = 4                                # the CIFAR sets' crop padding (Tiny-ImageNet: 8)
 IGNORE_TARGET = -100                   # F.cross_entropy's default ignore_index
@@ -253,7 +254,7 @@ def build_fast_loaders(cfg, device, rank=0, world_size=1, test_batch_size=256, v
     if per_rank < 1:
         raise UserError(f"batch_size {cfg.batch_size} is smaller than the {world_size} processes: "
                         f"set batch_size {world_size} or more")
-    data_set, root = spec(cfg.dataset), data_root(cfg)
+    data_set, root = data_spec(cfg), data_root(cfg)
     if not data_set.pad and torch.device(device).type != "cuda":
         raise UserError(f"fast true with {cfg.dataset} decodes the JPEG files on a CUDA GPU; this run is "
                         f"on {torch.device(device).type}: set fast false")
@@ -262,8 +263,10 @@ def build_fast_loaders(cfg, device, rank=0, world_size=1, test_batch_size=256, v
     sampler = EpochSampler(len(train_split), cfg.seed, rank, world_size)
     if not data_set.pad:
         from .gpu_jpeg import JpegLoader
-        return (JpegLoader(train_split, per_rank, device, sampler, train=True, memory_format=memory_format),
-                JpegLoader(test_split, test_batch_size, device, None, train=False, memory_format=memory_format))
+        shape = dict(size=data_set.image_size, shorter=resize_of(data_set.image_size),
+                     mean=data_set.mean, std=data_set.std, memory_format=memory_format)
+        return (JpegLoader(train_split, per_rank, device, sampler, train=True, **shape),
+                JpegLoader(test_split, test_batch_size, device, None, train=False, **shape))
     loaders = []
     for split, batch_size, train in ((train_split, per_rank, True), (test_split, test_batch_size, False)):
         images = split.array()

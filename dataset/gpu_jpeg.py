@@ -112,13 +112,16 @@ def decode_one(data, device):
 class JpegLoader:
     """A DataLoader-like iterator over ImageFiles, decoded and transformed on `device` (see the
     module docstring). sampler: this rank's indices of the epoch (EpochSampler), None: in order;
-    train: random resized crop + flip, last partial batch dropped; else resize + centre crop."""
+    train: random resized crop + flip to `size`, last partial batch dropped; else resize of the
+    shorter side to `shorter` + centre crop to `size`; normalised with `mean` and `std`."""
 
     def __init__(self, files, batch_size, device, sampler=None, train=True,
-                 memory_format=torch.contiguous_format, readers=8):
+                 memory_format=torch.contiguous_format, readers=8, size=imagenet.SIZE, shorter=imagenet.RESIZE,
+                 mean=imagenet.MEAN, std=imagenet.STD):
         self.dataset, self.batch_size, self.device = files, int(batch_size), torch.device(device)
         self.sampler, self.train, self.memory_format, self.readers = sampler, bool(train), memory_format, readers
-        self.normalize = Normalize(self.device, imagenet.MEAN, imagenet.STD)
+        self.size, self.shorter = size, shorter
+        self.normalize = Normalize(self.device, mean, std)
 
     def __len__(self):
         n = len(self.sampler) if self.sampler is not None else len(self.dataset)
@@ -141,9 +144,9 @@ class JpegLoader:
 
     def _batch(self, batch, images, generator):
         if self.train:
-            views = [train_view(image, generator) for image in images]
+            views = [train_view(image, generator, self.size) for image in images]
         else:
-            views = [test_view(image) for image in images]
+            views = [test_view(image, self.size, self.shorter) for image in images]
         image = self.normalize(torch.stack(views)).contiguous(memory_format=self.memory_format)
         index = torch.as_tensor(batch, dtype=torch.long)
         target = torch.as_tensor(self.dataset.targets[index.numpy()])

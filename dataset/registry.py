@@ -2,6 +2,7 @@
 
     spec = dataset.spec("tiny_imagenet")
     spec.num_classes, spec.image_size, spec.mean, spec.std, spec.default_dir
+    spec = dataset.data_spec(cfg)     the spec of a run: an ImageFolder tree's class count, size, mean, std
     spec.prepare(cfg, root)           download (CIFAR), generate (synthetic) or check; UserError if impossible
     spec.read(root, "train"|"test")   an ImageArray / ImageFiles (dataset/images.py)
     spec.train_transform(), spec.test_transform()   PIL image -> normalised float tensor
@@ -11,11 +12,11 @@
 sets held on the device; 0 for ImageNet, whose fast path decodes JPEG files on the GPU.
 """
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 from common.resolve import resolve
 
-from . import cifar10, cifar100, imagenet, synthetic, tiny_imagenet
+from . import cifar10, cifar100, imagefolder, imagenet, synthetic, tiny_imagenet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,7 @@ class DataSpec:
     train_transform: Callable  # () -> transform
     test_transform: Callable
     pad: int                   # fast path's crop padding; 0: not held on the device
+    configure: Optional[Callable] = None  # (spec, cfg, root) -> the spec of this run's files and keys
 
 
 def _spec(name, module, default_dir, pad):
@@ -44,13 +46,15 @@ SPECS = {spec.name: spec for spec in (
     _spec("cifar10", cifar10, "./data/cifar10", pad=4),
     _spec("tiny_imagenet", tiny_imagenet, "./data/tiny_imagenet", pad=tiny_imagenet.PAD),
     _spec("imagenet", imagenet, "./data/imagenet", pad=0),
+    dataclasses.replace(_spec("imagefolder", imagefolder, "./data/imagefolder", pad=0),
+                        configure=imagefolder.configure),
     # CIFAR-100's files, reader and transforms; written by the generator instead of downloaded
     dataclasses.replace(_CIFAR100, name="synthetic", default_dir="./data/synthetic", prepare=synthetic.prepare),
 )}
 NAMES = tuple(SPECS)
 
 
-FIELDS = tuple(field.name for field in dataclasses.fields(DataSpec))
+FIELDS = tuple(field.name for field in dataclasses.fields(DataSpec) if field.name != "configure")
 
 
 def _accept(obj):
@@ -66,6 +70,14 @@ def spec_entry(name):
 
 def spec(name):
     return spec_entry(name)[0]
+
+
+def data_spec(cfg):
+    """The spec of cfg's data set as this run sees it (`configure`d where the data set's class
+    count or size comes from its files or keys: imagefolder)."""
+    found = spec(cfg.dataset)
+    configure = getattr(found, "configure", None)
+    return configure(found, cfg, data_root(cfg)) if configure else found
 
 
 def data_root(cfg):

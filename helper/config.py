@@ -38,8 +38,8 @@ KEYS = [
     ("lr_decay_rate", 0.1, "step-decay factor"),
     ("weight_decay", 5e-4, "SGD weight decay"),
     ("momentum", 0.9, "SGD momentum"),
-    ("dataset", "cifar100", "cifar100, cifar10 (downloaded when missing), tiny_imagenet, imagenet (put in "
-                            "data_dir), synthetic (generated), or a plugin: README, Data sets"),
+    ("dataset", "cifar100", "cifar100, cifar10 (downloaded when missing), tiny_imagenet, imagenet, imagefolder "
+                            "(put in data_dir), synthetic (generated), or a plugin: README, Data sets"),
     ("data_dir", "", "folder of the data set's files; empty: ./data/<dataset>"),
     ("save_folder", "", "run folder; empty: ./save/<teacher_model|student_model>/<derived name>"),
     # -- the paper's keys: models and method
@@ -65,6 +65,9 @@ KEYS = [
     ("synthetic_test_size", 1000, "dataset synthetic: test images"),
     ("synthetic_noise", 1.0, "dataset synthetic: noise level (higher is harder)"),
     ("synthetic_seed", 0, "dataset synthetic: seed of the generated images (independent of seed)"),
+    ("imagefolder_size", 224, "dataset imagefolder: side of the training crop and of the test's centre crop"),
+    ("imagefolder_mean", [0.485, 0.456, 0.406], "dataset imagefolder: per-channel mean of the normalisation"),
+    ("imagefolder_std", [0.229, 0.224, 0.225], "dataset imagefolder: per-channel std of the normalisation"),
     ("fast", False, "fast path: device-resident data, batched augmentation"),
     ("amp", "off", "mixed precision: off, bf16 or fp16 (fp16 with a grad scaler)"),
     ("channels_last", False, "channels_last memory format for the models"),
@@ -140,6 +143,19 @@ def parse_epochs(value):
     return [_as_int(v) for v in value]
 
 
+def parse_numbers(value):
+    """'0.5,0.5,0.5', [0.5, 0.5, 0.5] or 0.5 -> a list of floats."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, (int, float)):
+        value = [value]
+    elif isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    if any(isinstance(v, bool) for v in value):
+        raise ValueError
+    return [float(v) for v in value]
+
+
 def _as_int(value):
     if isinstance(value, bool):
         raise ValueError
@@ -165,6 +181,8 @@ def coerce(key, value, default):
     try:
         if key == "lr_decay_epochs":
             return parse_epochs(value)
+        if isinstance(default, list):
+            return parse_numbers(value)
         if isinstance(default, bool):
             return _as_bool(value)
         if isinstance(default, int):
@@ -181,7 +199,8 @@ def coerce(key, value, default):
             raise ValueError
         return str(value)
     except (TypeError, ValueError):
-        kind = "a list of epochs" if key == "lr_decay_epochs" else type(default).__name__
+        kind = ("a list of epochs" if key == "lr_decay_epochs" else "a list of numbers" if isinstance(default, list)
+                else type(default).__name__)
         raise UserError(f"config key '{key}' expects {kind}, got {value!r}") from None
 
 

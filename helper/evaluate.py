@@ -73,6 +73,7 @@ def _dataset_of(classes, path):
     if classes is None:
         raise UserError(f"{path} holds no classifier to tell the data set by: pass --dataset NAME")
     matches = [name for name in dataset.NAMES if name != "synthetic" and dataset.spec(name).num_classes == classes]
+    # (imagefolder counts its classes from its files: it is named, never guessed)
     if len(matches) != 1:
         raise UserError(f"{path} has {classes} classes, which names no single data set: pass --dataset NAME "
                         f"({', '.join(dataset.NAMES)})")
@@ -100,7 +101,7 @@ def evaluate_checkpoint(checkpoint, cfg_path=None, overrides=(), model=None, dat
     weights = checkpoint_weights(load_checkpoint(checkpoint), checkpoint)
     if not given:
         cfg.dataset = _dataset_of(_classes(weights), checkpoint)
-    classes = dataset.spec(cfg.dataset).num_classes
+    classes = dataset.data_spec(cfg).num_classes
     name = name or _architecture(weights, classes, checkpoint)
     net = load_weights(get_model(name)(num_classes=classes), weights, name, checkpoint).eval()
     result = score(net, cfg, device, batch_size, cfg.num_workers)

@@ -14,6 +14,7 @@ import warnings
 
 import yaml
 
+import dataset
 from common.errors import UserError
 from common.files import write_atomic
 
@@ -33,10 +34,13 @@ def file_name(name):
 def run_path(cfg, script):
     folder = cfg.save_folder
     if not folder:
+        data = cfg.dataset
+        if getattr(dataset.spec(data), "configure", None):  # a tree of the user's: named after its folder
+            data = dataset.data_spec(cfg).name
         if script == "teacher":
-            folder = os.path.join("save", "teacher_model", file_name(f"{cfg.model}_{cfg.dataset}"))
+            folder = os.path.join("save", "teacher_model", file_name(f"{cfg.model}_{data}"))
         else:
-            folder = os.path.join("save", "student_model", file_name(cfg.dataset), file_name(cfg.distill),
+            folder = os.path.join("save", "student_model", file_name(data), file_name(cfg.distill),
                                   file_name(f"{cfg.model_t}_{cfg.model_s}"))
     return os.path.join(folder, f"trial_{cfg.trial}") if cfg.trial else folder
 

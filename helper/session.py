@@ -56,7 +56,7 @@ class Session:
                             f"support; this run has {ctx.world_size} processes: run one process or "
                             f"set optimizer sgd")
         self.run = RunFolder(cfg, script, write=ctx.is_main)
-        self.spec = dataset.spec(cfg.dataset)
+        self.spec = dataset.data_spec(cfg)
         if script == "student" and not os.path.exists(cfg.path_t):  # before any download
             raise UserError(f"teacher checkpoint {cfg.path_t} not found: python fetch_teachers.py {cfg.model_t} "
                             f"downloads the paper's, or set path_t")

@@ -42,7 +42,7 @@ import torch
 from common.errors import UserError
 from common.files import write_atomic
 from dataset.device_loader import CropFlip, Normalize, combinations, view_augmentation
-from dataset.registry import spec
+from dataset.registry import data_spec
 
 from .logger import Progress
 from .trainer import AMP_DTYPES
@@ -59,7 +59,7 @@ def check(cfg, method):
     """Refuse, in one line, a run whose teacher outputs a cache cannot serve exactly."""
     if cfg.teacher_cache == "off":
         return
-    data_set = spec(cfg.dataset)
+    data_set = data_spec(cfg)
     name, reads = cfg.distill, tuple(method.teacher_reads)
     if method.strong_view:
         raise UserError(f"method '{name}' runs the teacher on a second, strongly augmented view of each image, "

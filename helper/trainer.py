@@ -94,8 +94,9 @@ def learning_rate(cfg, epoch):
 
 
 def accuracy(logits, target, ks=(1, 5)):
-    """Number of samples whose target is among the top-k logits, for each k."""
-    top = logits.topk(max(ks), dim=1).indices
+    """Number of samples whose target is among the top-k logits, for each k (all of them when
+    there are fewer than k classes)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
     hit = top.eq(target[:, None])
     return [hit[:, :k].any(dim=1).sum() for k in ks]
 

@@ -45,10 +45,10 @@ def cfg_of(name, root, **extra):
 
 
 def test_registry():
-    assert dataset.NAMES == ("cifar100", "cifar10", "tiny_imagenet", "imagenet", "synthetic")
+    assert dataset.NAMES == ("cifar100", "cifar10", "tiny_imagenet", "imagenet", "imagefolder", "synthetic")
     shape = {name: (dataset.spec(name).num_classes, dataset.spec(name).image_size) for name in dataset.NAMES}
     assert shape == {"cifar100": (100, 32), "cifar10": (10, 32), "tiny_imagenet": (200, 64),
-                     "imagenet": (1000, 224), "synthetic": (100, 32)}
+                     "imagenet": (1000, 224), "imagefolder": (None, 224), "synthetic": (100, 32)}
     assert dataset.data_root(cfg_of("cifar10", "")) == "./data/cifar10"
     assert dataset.data_root(cfg_of("imagenet", "/x")) == "/x"
     with pytest.raises(UserError, match="unknown dataset 'mnist'"):
