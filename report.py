@@ -11,7 +11,8 @@ configs/paper_results.json: VID, PKT, AB, FT, NST from the CRD paper, DKD and KD
 mdistiller), with the runs of those methods beside them (`distill` their name, `optimizer dot`
 adds `_dot`: KD with DOT is the row kd_dot). Only finished runs (latest.pth finished at the
 configured epochs) are averaged; unfinished ones are listed apart. --rule best takes each run's best test top-1 over its epochs (what the paper
-did), --rule last the top-1 after the final epoch (what the CRD repository reported).
+did), --rule last the top-1 after the final epoch (what the CRD repository reported), --rule val
+the test top-1 at the epoch chosen on the held-out validation images (runs with val_split).
 --plot writes the test-accuracy curves of each cell to a PNG (needs matplotlib).
 """
 import argparse
@@ -32,7 +33,8 @@ ROW_LABELS = {"teacher": "Teacher", VANILLA: "Student (vanilla)", "kd": "KD", "f
 # config `distill` names of the CRD repository for rows of the third table
 OTHER_ALIASES = {"abound": "ab", "factor": "ft"}
 RULES = {"best": "each run's best test top-1 over its epochs",
-         "last": "each run's test top-1 after its final epoch"}
+         "last": "each run's test top-1 after its final epoch",
+         "val": "each run's test top-1 at its best epoch on the held-out validation images (val_split)"}
 
 
 @dataclass
@@ -131,7 +133,9 @@ def load_run(folder, grid, rule):
         return run
     run.value = top1(run.log, rule, epochs)
     if run.value is None:
-        run.status, run.reason = "other", f"log.txt has no test_acc for epoch {epochs} (needed by --rule {rule})"
+        run.status, run.reason = "other", (
+            "log.txt has no val_acc: the run held out no validation images (val_split 0)" if rule == "val"
+            else f"log.txt has no test_acc for epoch {epochs} (needed by --rule {rule})")
     return run
 
 
@@ -321,8 +325,9 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.strip().splitlines()[2:4]))
     p.add_argument("root", help="folder searched for run folders (config.yaml + log.txt)")
-    p.add_argument("--rule", default="best", choices=("best", "last"),
-                   help="best: best test epoch of each run (as the paper); last: final epoch (default: best)")
+    p.add_argument("--rule", default="best", choices=tuple(RULES),
+                   help="best: best test epoch of each run (as the paper); last: final epoch; val: the test top-1 "
+                        "at each run's best validation epoch (runs with val_split) (default: best)")
     p.add_argument("--out", default=None, help="write the markdown here (default: stdout)")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the test-accuracy curves here")
     p.add_argument("--dataset", default=None, help="only runs on this dataset (needed when ROOT mixes several)")

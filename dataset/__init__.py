@@ -9,7 +9,10 @@ same batches, and each DDP rank takes its own shard of that permutation.
 import math
 import zlib
 
+import numpy as np
 import torch
+
+from common.errors import UserError
 
 from .cifar100 import read_split  # noqa: F401  (CIFAR-100's reader: images, labels)
 from .images import IndexedImages
@@ -51,6 +54,38 @@ class EpochSampler(torch.utils.data.Sampler):
         return math.ceil(self.size / self.world_size)
 
 
+def held_out(targets, fraction, seed):
+    """Sorted indices of a class-stratified `fraction` of a training set: round(fraction x n_c) of
+    each class's n_c images (at least one, at most n_c - 1), drawn from (seed, fraction) alone, so
+    every rank and every resume holds out the same images."""
+    targets = np.asarray(targets)
+    rng = np.random.default_rng(zlib.crc32(repr((seed, "val_split", float(fraction))).encode()))
+    held = []
+    for c in np.unique(targets):
+        members = np.flatnonzero(targets == c)
+        count = min(len(members) - 1, max(1, round(fraction * len(members))))
+        held.append(rng.permutation(members)[:count])
+    return np.sort(np.concatenate(held)).astype(np.int64)
+
+
+def training_split(cfg, part="train"):
+    """The images a run trains on (`part` "train") or validates on ("val": None when val_split
+    is 0): the training split of cfg's data set, less (or only) its `held_out` share."""
+    split = data_spec(cfg).read(data_root(cfg), "train")
+    if not cfg.val_split:
+        return split if part == "train" else None
+    if not hasattr(split, "subset"):
+        raise UserError(f"data set {cfg.dataset}'s training split has no subset(indices), which val_split "
+                        f"needs (dataset/images.py): add it, or set val_split 0")
+    held = held_out(split.targets, cfg.val_split, cfg.seed)
+    if len(held) == 0:
+        raise UserError(f"val_split {cfg.val_split} holds out no image of the {len(split)} training images: raise it")
+    if part == "val":
+        return split.subset(held)
+    kept = np.setdiff1d(np.arange(len(split)), held)
+    return split.subset(kept)
+
+
 def build_train_loader(cfg, rank=0, world_size=1, strong_view=False):
     """This rank's training batches. `strong_view`: each image also as its strong view
     (dataset/strong_view.py), a batch of B images then holding 2B: the weak views, then the strong."""
@@ -58,16 +93,18 @@ def build_train_loader(cfg, rank=0, world_size=1, strong_view=False):
     transform = data_set.train_transform()
     if strong_view:
         transform = TwoViews(transform)
-    data = IndexedImages(data_set.read(data_root(cfg), "train"), transform)
+    data = IndexedImages(training_split(cfg), transform)
     sampler = EpochSampler(len(data), cfg.seed, rank, world_size)
     return torch.utils.data.DataLoader(
         data, batch_size=cfg.batch_size // world_size, sampler=sampler, num_workers=cfg.num_workers,
         pin_memory=torch.cuda.is_available(), collate_fn=collate_views if strong_view else None)
 
 
-def build_test_loader(cfg, batch_size=256, num_workers=0):
-    """The test split of cfg's data set, in order; the data must be there (prepare_data)."""
+def build_test_loader(cfg, batch_size=256, num_workers=0, split=None):
+    """The test split of cfg's data set (or `split`, e.g. the held-out validation images), in
+    order, with the test transform; the data must be there (prepare_data)."""
     data_set = data_spec(cfg)
-    data = IndexedImages(data_set.read(data_root(cfg), "test"), data_set.test_transform())
+    split = split if split is not None else data_set.read(data_root(cfg), "test")
+    data = IndexedImages(split, data_set.test_transform())
     return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                        pin_memory=torch.cuda.is_available())

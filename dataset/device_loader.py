@@ -241,14 +241,16 @@ class DeviceLoader:
         return image, target, index
 
 
-def build_fast_loaders(cfg, device, rank=0, world_size=1, test_batch_size=256, views=False):
-    """(train loader, test loader) of cfg's data set on `device`. The train loader takes this
+def build_fast_loaders(cfg, device, rank=0, world_size=1, test_batch_size=256, views=False, val=False):
+    """(train loader, test loader) of cfg's data set on `device`, and the validation loader of the
+    images `val_split` holds out when `val` (None when it is 0). The train loader takes this
     rank's shard of EpochSampler(N, cfg.seed, rank, world_size) in batches of
     cfg.batch_size // world_size and drops the last partial batch (`views`: and yields each
-    image's view number); the test loader keeps every image, in order, in batches of
+    image's view number); the evaluation loaders keep every image, in order, in batches of
     `test_batch_size` (as the plain path's test loader).
-    DeviceLoaders for the sets held on the device; ImageNet's JPEG files are decoded on the GPU."""
-    from . import EpochSampler
+    DeviceLoaders for the sets held on the device; JPEG files (ImageNet, ImageFolder trees) are
+    decoded on the GPU."""
+    from . import EpochSampler, training_split
 
     per_rank = cfg.batch_size // world_size
     if per_rank < 1:
@@ -259,16 +261,22 @@ def build_fast_loaders(cfg, device, rank=0, world_size=1, test_batch_size=256, v
         raise UserError(f"fast true with {cfg.dataset} decodes the JPEG files on a CUDA GPU; this run is "
                         f"on {torch.device(device).type}: set fast false")
     memory_format = torch.channels_last if cfg.get("channels_last", False) else torch.contiguous_format
-    train_split, test_split = data_set.read(root, "train"), data_set.read(root, "test")
+    train_split = training_split(cfg)
+    evaluated = [data_set.read(root, "test")] + ([training_split(cfg, "val")] if val else [])
     sampler = EpochSampler(len(train_split), cfg.seed, rank, world_size)
     if not data_set.pad:
         from .gpu_jpeg import JpegLoader
         shape = dict(size=data_set.image_size, shorter=resize_of(data_set.image_size),
                      mean=data_set.mean, std=data_set.std, memory_format=memory_format)
-        return (JpegLoader(train_split, per_rank, device, sampler, train=True, **shape),
-                JpegLoader(test_split, test_batch_size, device, None, train=False, **shape))
+        loaders = [JpegLoader(train_split, per_rank, device, sampler, train=True, **shape)]
+        loaders += [None if split is None else JpegLoader(split, test_batch_size, device, None, train=False, **shape)
+                    for split in evaluated]
+        return tuple(loaders)
     loaders = []
-    for split, batch_size, train in ((train_split, per_rank, True), (test_split, test_batch_size, False)):
+    for split, batch_size, train in [(train_split, per_rank, True)] + [(s, test_batch_size, False) for s in evaluated]:
+        if split is None:
+            loaders.append(None)
+            continue
         images = split.array()
         if images.shape[1:3] != (data_set.image_size, data_set.image_size):
             raise UserError(f"{cfg.dataset} images are {images.shape[2]}x{images.shape[1]}, expected "

@@ -2,8 +2,8 @@
 
 `ImageArray` holds a split decoded in memory (the CIFAR sets); `ImageFiles` a list of image
 files read when asked (Tiny-ImageNet, ImageNet). Both give `targets` (numpy int64),
-`load(i)` (an RGB PIL image) and `array()` (every image as one uint8 N x H x W x 3 array, for
-the fast path's device-resident copy).
+`load(i)` (an RGB PIL image), `array()` (every image as one uint8 N x H x W x 3 array, for
+the fast path's device-resident copy) and `subset(indices)` (those images, in that order).
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +25,9 @@ class ImageArray:
     def load(self, i):
         return Image.fromarray(self.images[i])
 
+    def subset(self, indices):
+        return ImageArray(self.images[indices], self.targets[indices])
+
     def array(self):
         return self.images
 
@@ -35,6 +38,9 @@ class ImageFiles:
 
     def __len__(self):
         return len(self.targets)
+
+    def subset(self, indices):
+        return ImageFiles([self.paths[i] for i in indices], self.targets[indices])
 
     def load(self, i):
         path = self.paths[i]

@@ -80,6 +80,8 @@ KEYS = [
                              "methods that read nothing else of it (README, Speed)"),
     ("sync_bn", False, "DDP on CUDA: convert BatchNorm to SyncBatchNorm"),
     ("tensorboard", True, "write tensorboard event files into the run folder"),
+    ("val_split", 0.0, "hold out this seeded, class-stratified fraction of the training set (test transform) and "
+                       "choose the best checkpoint on it instead of the test set; 0: the papers' protocol"),
     ("eval_freq", 1, "evaluate every this many epochs (1: every epoch, the protocol); the last epoch always; "
                      "the best checkpoint only among evaluated epochs"),
     # -- plugins: code outside this repository (README, Your own method)
@@ -273,6 +275,9 @@ def validate(cfg, script, knobs=None):
                 "gamma", "alpha", "beta", "synthetic_noise"):
         if cfg[key] < 0:
             raise UserError(f"'{key}' must not be negative, got {cfg[key]}")
+    if not 0 <= cfg.val_split < 1:
+        raise UserError(f"'val_split' is the fraction of the training set held out: 0 (none) up to below 1, "
+                        f"got {cfg.val_split}")
     for knob in (method_knobs(cfg.distill) if knobs is None else knobs).values():
         knob.check(cfg[knob.name], cfg.distill)
     epochs = cfg.lr_decay_epochs

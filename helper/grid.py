@@ -189,9 +189,13 @@ def read_log(folder):
 
 def top1(log, rule, epochs):
     """The run's figure under `rule`: best = highest test top-1 of any epoch (and the best_acc the
-    loop kept), last = test top-1 of epoch `epochs`. None when the log does not say."""
+    loop kept), last = test top-1 of epoch `epochs`, val = test top-1 of the first epoch of highest
+    validation top-1 (a run with val_split: the checkpoint it chose). None when the log does not say."""
     if rule == "best":
         values = [f["test_acc"] for f in log.values()] + [f["best_acc"] for f in log.values() if "best_acc" in f]
         return max(values) if values else None
+    if rule == "val":
+        scored = [(f["val_acc"], -epoch, f["test_acc"]) for epoch, f in log.items() if "val_acc" in f]
+        return max(scored)[2] if scored else None
     final = log.get(epochs)
     return None if final is None else final["test_acc"]

@@ -65,17 +65,22 @@ class Session:
         distributed.barrier()
         if cfg.fast:
             from dataset.device_loader import build_fast_loaders
-            self.train_loader, self.test_loader = build_fast_loaders(
-                cfg, self.device, ctx.rank, ctx.world_size, views=self.uses_cache(cfg, script))
+            self.train_loader, self.test_loader, self.val_loader = build_fast_loaders(
+                cfg, self.device, ctx.rank, ctx.world_size, views=self.uses_cache(cfg, script), val=True)
         else:
             self.train_loader = dataset.build_train_loader(cfg, ctx.rank, ctx.world_size, self.strong_view(cfg, script))
             self.test_loader = dataset.build_test_loader(cfg, batch_size=256, num_workers=cfg.num_workers)
+            held = dataset.training_split(cfg, "val")
+            self.val_loader = None if held is None else dataset.build_test_loader(cfg, 256, cfg.num_workers, split=held)
         self.logger, self.early_lines = None, []
         for note in self.run.notes:
             self.log(note)
         requeued = os.environ.get("ASKD_REQUEUES", "0/0")  # helper/requeue.py: a Slurm job's requeues
         if not requeued.startswith("0/"):
             self.log(f"requeued after a preemption or time limit ({requeued.replace('/', ' of at most ')})")
+        if self.val_loader is not None:
+            self.log(f"val_split {cfg.val_split}: {len(self.val_loader.dataset)} training images held out (seeded, "
+                     f"class-stratified) to choose the best checkpoint; {len(self.train_loader.dataset)} to train on")
         state = self.run.resume_state
         self.log(f"run folder {self.run.path} on {self.device}" +
                  (f" x {ctx.world_size} processes" if ctx.enabled else "") +
@@ -155,7 +160,7 @@ class Session:
         try:
             self.open_run_folder()
             trainer = Trainer(self.cfg, distiller, self.train_loader, self.test_loader, self.run,
-                              self.logger, self.device, self.ctx)
+                              self.logger, self.device, self.ctx, val_loader=self.val_loader)
             return trainer.fit(self.run.resume_state)
         finally:
             if self.logger is not None:

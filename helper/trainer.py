@@ -193,9 +193,10 @@ class Trainer:
     """Runs the epochs of one run folder (`run`: see helper/run.py) for one distiller."""
 
     def __init__(self, cfg, distiller, train_loader, test_loader, run, logger, device,
-                 ctx=distributed.Context()):
+                 ctx=distributed.Context(), val_loader=None):
         self.cfg, self.distiller, self.run, self.logger, self.device = cfg, distiller, run, logger, device
         self.train_loader, self.test_loader, self.ctx = train_loader, test_loader, ctx
+        self.val_loader = val_loader  # the held-out images (val_split): the best checkpoint is chosen on them
         self.model = distiller  # what the steps call: the DDP wrapper when there are several ranks
         if ctx.enabled:
             self.model = distributed.wrap(distiller, device)
@@ -210,6 +211,8 @@ class Trainer:
         if cfg.cuda_graph:
             self.train_step = GraphedStep(self.train_step)
         self.best_acc, self.start_epoch, self.init_done = 0.0, 1, 0
+        self.best_epoch, self.test_at_best = 0, None  # with a validation split: where it was best, the test there
+        self.last_test = None
         self.stop, self.partial = None, None
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
@@ -238,6 +241,8 @@ class Trainer:
             "partial": partial,
             "init_done": self.init_done,
             "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "test_at_best": self.test_at_best,
             "distiller": self.distiller.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "init_optimizer": init_optimizer.state_dict() if init_optimizer else None,
@@ -252,6 +257,7 @@ class Trainer:
             if "fused" in self.optimizer.defaults:
                 group["fused"] = self.optimizer.defaults["fused"]
         self.best_acc = state["best_acc"]
+        self.best_epoch, self.test_at_best = state.get("best_epoch", 0), state.get("test_at_best")
         self.start_epoch = state["epoch"] + 1
         self.init_done = state["init_done"]
         self.partial = state.get("partial")  # an epoch stopped at a step (preemption)
@@ -462,7 +468,11 @@ class Trainer:
                 self.one_epoch(epoch)
         self.run.save_last(self.distiller.student, self.cfg.epochs, self.best_acc)
         self.run.save_latest(self.state(self.cfg.epochs, finished=True))
-        self.logger.message(f"done: best top-1 {self.best_acc:.2f} in {self.run.path}")
+        if self.val_loader is None:
+            self.logger.message(f"done: best top-1 {self.best_acc:.2f} in {self.run.path}")
+        elif self.ctx.is_main:
+            self.logger.message(f"done: best val top-1 {self.best_acc:.2f} at epoch {self.best_epoch}, test top-1 there "
+                                f"{self.test_at_best:.2f}; last epoch test top-1 {self.last_test:.2f} in {self.run.path}")
         distributed.barrier()
         return self.best_acc
 
@@ -477,9 +487,11 @@ class Trainer:
                                  first=epoch == 1 and not self.init_done, epoch=epoch)
         train_seconds = time.time() - start
         distributed.broadcast_state(self.distiller)  # ranks end every epoch identical
-        test = None
+        test = val = None
         if self.ctx.is_main and (epoch % self.cfg.eval_freq == 0 or epoch == self.cfg.epochs):
             test = evaluate(self.distiller.student, self.test_loader, self.device)  # the best only among these
+            if self.val_loader is not None:
+                val = evaluate(self.distiller.student, self.val_loader, self.device)
         self.check_health(epoch, test)
         if not self.ctx.is_main:
             return  # rank 0 alone evaluates, logs and saves
@@ -487,11 +499,19 @@ class Trainer:
         if test is not None:
             top1 = test["top1"]
             tested = {"test_loss": test["loss"], "test_acc": top1, "test_acc_top5": test["top5"]}
-        improved = top1 is not None and top1 > self.best_acc
-        self.best_acc = max(self.best_acc, top1 or 0.0)
-        self.run.save_epoch(self.distiller.student, epoch, top1, self.best_acc, improved)
+            self.last_test = top1
+        chosen = top1 if val is None else val["top1"]  # what the best checkpoint is chosen on
+        if val is not None:
+            tested.update({"val_loss": val["loss"], "val_acc": chosen})
+        improved = chosen is not None and chosen > self.best_acc
+        if improved:
+            self.best_epoch, self.test_at_best = epoch, top1
+        self.best_acc = max(self.best_acc, chosen or 0.0)
+        if val is not None:
+            tested["test_at_best_val"] = self.test_at_best
+        self.run.save_epoch(self.distiller.student, epoch, chosen, self.best_acc, improved)
         self.run.save_latest(self.state(epoch))
         if self.device.type == "cuda":  # what sweep.py --runs-per-gpu sizes its packing by
             write_peak_memory(self.run.path, self.device)
-        self.logger.epoch(epoch, {"lr": lr, **stats, **tested, "best_acc": self.best_acc,
-                                  "seconds": round(train_seconds, 2)})
+        self.logger.epoch(epoch, {"lr": lr, **stats, **tested, ("best_val_acc" if val is not None else "best_acc"):
+                                  self.best_acc, "seconds": round(train_seconds, 2)})
