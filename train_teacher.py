@@ -10,7 +10,7 @@ def main():
     args = parse_args(__doc__.strip().splitlines()[0],
                       "python train_teacher.py -cfg configs/train_vanilla/resnet32x4.yaml")
     session = Session(args.cfg, args.overrides, script="teacher")
-    model = session.build_model(session.cfg.model)
+    model = session.build_model(session.cfg.model, session.cfg.model_kwargs)
     session.train(model, teacher=None)
 
 

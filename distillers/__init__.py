@@ -115,7 +115,23 @@ def build(cfg, student, teacher=None, train_targets=None):
     cls, _ = method_class(cfg.distill)
     if cls is not Vanilla and teacher is None:
         raise UserError(f"method '{cfg.distill}' needs a teacher (path_t)")
-    return cls(student, teacher, cfg, train_targets)
+    for role, model, needs in (("student", student, cls.preact), ("teacher", teacher, cls.preact or cls.teacher_preact)):
+        if needs and not getattr(model, "preact_features", True):
+            raise UserError(f"method '{cfg.distill}' reads the {role}'s pre-activation features, which "
+                            f"{type(model).__name__} (a library model) does not give: choose another method or model")
+    if "feats" in cls.teacher_reads:
+        for role, model in (("student", student), ("teacher", teacher)):
+            if getattr(model, "library_model", False) and len(Distiller.probe_feats(model)) < 2:
+                raise UserError(f"method '{cfg.distill}' reads feature maps, which the {role} "
+                                f"{type(model).__name__} gives none of (a torchvision ViT): choose another method or model")
+    try:
+        return cls(student, teacher, cfg, train_targets)
+    except AttributeError as e:  # a zoo model's helper (get_feat_modules, get_bn_before_relu) that a model lacks
+        library = [m for m in (student, teacher) if getattr(m, "library_model", False)]
+        if not library:
+            raise
+        raise UserError(f"method '{cfg.distill}' needs what {type(library[0]).__name__} (a library model) does not "
+                        f"give ({e}): choose another method or pair") from None
 
 
 __all__ = ["METHODS", "Distiller", "build", "builtin_knob_owners", "distiller_names", "method_class", "method_names",

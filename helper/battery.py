@@ -93,9 +93,9 @@ class Workspace:
     def teacher_file(self, name):
         """A random teacher, `calibrated`, saved in CRD's checkpoint format."""
         from helper.trainer import seed_everything
-        from models import get_model
+        from models import build_model
         seed_everything(0, "battery teacher", name)
-        model = calibrated(get_model(name, "model_t")(num_classes=100))
+        model = calibrated(build_model(name, 100, 32, key="model_t"))
         path = os.path.join(self.root, f"{name}_teacher.pth")
         torch.save({"model": model.state_dict()}, path)
         return path
@@ -132,11 +132,11 @@ def build_distiller(cfg_path, overrides=()):
     from helper.checkpoint import load_teacher
     from helper.config import load_config
     from helper.trainer import seed_everything
-    from models import get_model
+    from models import build_model
     cfg = load_config(cfg_path, overrides, "student")
-    teacher = load_teacher(cfg.model_t, cfg.path_t, 100)
+    teacher = load_teacher(cfg.model_t, cfg.path_t, 100, image_size=32, kwargs=cfg.model_t_kwargs)
     seed_everything(cfg.seed, "weights", cfg.model_s)
-    student = get_model(cfg.model_s)(num_classes=100)
+    student = build_model(cfg.model_s, 100, 32, cfg.model_s_kwargs)
     images, targets = dataset.read_split(dataset.data_root(cfg), "train")
     targets = torch.as_tensor(targets)
     distiller = build(cfg, student, teacher, targets)

@@ -242,7 +242,8 @@ def load_weights(model, state_dict, model_name, path, role=None):
         k, got, want = shapes[0]
         raise UserError(f'{path} has the layout of {model_name}{suffix} but different sizes '
                         f'({k} is {list(got)}, {model_name} expects {list(want)}; '
-                        f'{len(shapes)} tensor(s) differ): wrong number of classes or width?')
+                        f'{len(shapes)} tensor(s) differ): wrong number of classes or width, or a ViT built for another '
+                        f'image size (teacher_input_size)?')
     if same_keys:
         names = ' / '.join(same_keys)
         raise UserError(f'{path} looks like a {names} checkpoint with other layer sizes, '
@@ -258,13 +259,25 @@ def load_weights(model, state_dict, model_name, path, role=None):
                     f'({"; ".join(parts)}): pass the matching model name or the right file')
 
 
-def load_teacher(model_name, path, num_classes=100, role='model_t'):
-    """Build ``model_name``, load the weights from ``path`` and return it in eval mode."""
-    from models import get_model
-    build = get_model(model_name, role)
-    obj = load_checkpoint(path)
-    sd = model_state_dict(obj, path)
-    model = build(num_classes=num_classes)
+def load_teacher(model_name, path, num_classes=100, role='model_t', image_size=None, kwargs=None):
+    """Build ``model_name`` (for ``image_size``, with the constructor arguments ``kwargs``),
+    load the weights from ``path`` and return it in eval mode. ``path``: a checkpoint file
+    (``.safetensors`` too), or ``torchvision:WEIGHTS`` / ``timm:TAG`` for a library model's own
+    pretrained weights, read from the library's local cache (models/pretrained.py)."""
+    from models import build_model
+    from models.library import split_name
+    from models.pretrained import is_pretrained_name, pretrained_state_dict
+    model = build_model(model_name, num_classes, image_size, kwargs, key=role)
+    if is_pretrained_name(path):
+        sd = pretrained_state_dict(split_name(model_name), path, model)
+    elif str(path).endswith('.safetensors'):
+        from safetensors.torch import load_file
+        try:
+            sd = model_state_dict(load_file(path), path)
+        except OSError as e:
+            raise UserError(f'cannot read {path} ({e})') from None
+    else:
+        sd = model_state_dict(load_checkpoint(path), path)
     load_weights(model, sd, model_name, path, role=role)
     model.eval()
     return model

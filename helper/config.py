@@ -43,10 +43,17 @@ KEYS = [
     ("data_dir", "", "folder of the data set's files; empty: ./data/<dataset>"),
     ("save_folder", "", "run folder; empty: ./save/<teacher_model|student_model>/<derived name>"),
     # -- the paper's keys: models and method
-    ("model", "", "architecture trained by train_teacher.py (a name of models.model_dict, or a plugin)"),
+    ("model", "", "architecture trained by train_teacher.py: a name of models.model_dict, torchvision:NAME, timm:NAME, or a plugin"),
     ("model_s", "", "student architecture (train_student.py)"),
     ("model_t", "", "teacher architecture (train_student.py)"),
-    ("path_t", "", "teacher checkpoint (train_student.py)"),
+    ("path_t", "", "teacher checkpoint (train_student.py): a file, or torchvision:WEIGHTS / timm:TAG for a library "
+                   "model's own pretrained weights, from the library's local cache"),
+    ("model_kwargs", {}, "extra constructor arguments of model, e.g. {patch_size: 4} for a timm ViT"),
+    ("model_s_kwargs", {}, "extra constructor arguments of model_s"),
+    ("model_t_kwargs", {}, "extra constructor arguments of model_t"),
+    ("teacher_input_size", 0, "train_student.py: resize the images (on the device, bilinear) to this side before "
+                              "the teacher, e.g. 224 for an ImageNet-sized ViT teacher over 32-pixel CIFAR; 0: as "
+                              "they are"),
     ("distill", "kd", "method: a name of the README's method table, or a plugin (vanilla for teachers)"),
     ("gamma", 1.0, "weight of the cross-entropy loss"),
     ("alpha", 0.0, "weight of Hinton's KD loss"),
@@ -197,12 +204,16 @@ def coerce(key, value, default):
             return ""
         if isinstance(value, bool):  # YAML 1.1 reads a bare off/on (no/yes) as a boolean
             return "on" if value else "off"
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
         if isinstance(value, (list, dict)):
             raise ValueError
         return str(value)
     except (TypeError, ValueError):
         kind = ("a list of epochs" if key == "lr_decay_epochs" else "a list of numbers" if isinstance(default, list)
-                else type(default).__name__)
+                else "a mapping, e.g. {patch_size: 4}" if isinstance(default, dict) else type(default).__name__)
         raise UserError(f"config key '{key}' expects {kind}, got {value!r}") from None
 
 
@@ -272,7 +283,7 @@ def validate(cfg, script, knobs=None):
         if cfg[key] <= 0:
             raise UserError(f"'{key}' must be positive, got {cfg[key]}")
     for key in ("num_workers", "init_epochs", "weight_decay", "momentum", "lr_decay_rate",
-                "gamma", "alpha", "beta", "synthetic_noise"):
+                "gamma", "alpha", "beta", "synthetic_noise", "teacher_input_size"):
         if cfg[key] < 0:
             raise UserError(f"'{key}' must not be negative, got {cfg[key]}")
     if not 0 <= cfg.val_split < 1:

@@ -15,7 +15,7 @@ import os
 import dataset
 from common.errors import UserError
 from common.resolve import add_plugin_paths
-from models import get_model
+from models import build_model, get_model
 
 from .checkpoint import identify_architecture, load_checkpoint, load_weights, model_state_dict
 from .config import DOC, RECORDED, get_cfg_defaults, merge, parse_overrides, read_yaml
@@ -103,7 +103,9 @@ def evaluate_checkpoint(checkpoint, cfg_path=None, overrides=(), model=None, dat
         cfg.dataset = _dataset_of(_classes(weights), checkpoint)
     classes = dataset.data_spec(cfg).num_classes
     name = name or _architecture(weights, classes, checkpoint)
-    net = load_weights(get_model(name)(num_classes=classes), weights, name, checkpoint).eval()
+    kwargs = cfg.model_kwargs if name == cfg.model else cfg.model_s_kwargs if name == cfg.model_s else {}
+    net = build_model(name, classes, dataset.data_spec(cfg).image_size, kwargs)
+    net = load_weights(net, weights, name, checkpoint).eval()
     result = score(net, cfg, device, batch_size, cfg.num_workers)
     why = diverged_score(result)
     if why:

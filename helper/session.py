@@ -5,7 +5,9 @@ import torch
 
 import dataset
 from common.errors import UserError
-from models import get_model
+from models import build_model, model_dict
+from models.pretrained import is_pretrained_name
+from models.resize import ResizedInput
 
 from . import distributed, teacher_cache
 from .checkpoint import load_teacher
@@ -57,9 +59,10 @@ class Session:
                             f"set optimizer sgd")
         self.run = RunFolder(cfg, script, write=ctx.is_main)
         self.spec = dataset.data_spec(cfg)
-        if script == "student" and not os.path.exists(cfg.path_t):  # before any download
-            raise UserError(f"teacher checkpoint {cfg.path_t} not found: python fetch_teachers.py {cfg.model_t} "
-                            f"downloads the paper's, or set path_t")
+        if script == "student" and not os.path.exists(cfg.path_t) and not is_pretrained_name(cfg.path_t):
+            fetch = f"python fetch_teachers.py {cfg.model_t} downloads the paper's, or " if cfg.model_t in model_dict else ""
+            raise UserError(f"teacher checkpoint {cfg.path_t} not found: {fetch}set path_t (a file, or "
+                            f"torchvision:WEIGHTS / timm:TAG for a library model's pretrained weights)")
         if ctx.is_main:
             dataset.prepare_data(cfg)
         distributed.barrier()
@@ -115,14 +118,14 @@ class Session:
         self.logger = RunLogger(self.run.path, self.cfg.tensorboard)
         self.logger.write_lines(self.early_lines)
 
-    def build_model(self, name):
+    def build_model(self, name, kwargs):
         seed_everything(self.cfg.seed, "weights", name)
-        model = get_model(name)(num_classes=self.spec.num_classes)
+        model = build_model(name, self.spec.num_classes, self.spec.image_size, kwargs)
         if self.cfg.sync_bn and self.ctx.enabled and self.device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return self.place(model, name)
 
-    def place(self, model, name):
+    def place(self, model, name, size=None):
         """`model` on the run's device, in its memory format, compiled when asked (in place:
         the state_dict keys stay those of the zoo), told the data set's image size (its
         `input_size`: the dry forward passes that size features use it). Student and teacher alike."""
@@ -130,23 +133,26 @@ class Session:
         model = model.to(self.device)
         if self.cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.check_input_size(model, name)
+        self.check_input_size(model, name, size)
         if self.cfg.compile:
             model.compile()
         return model
 
     @torch.no_grad()
-    def check_input_size(self, model, name):
+    def check_input_size(self, model, name, size=None):
         """One eval-mode forward of one image of the data set's size (BN statistics untouched):
-        a model that cannot take it (e.g. a fixed 8x8 pooling before its classifier) is a
-        one-line error before the run folder exists."""
-        size, was_training = self.spec.image_size, model.training
+        a model that cannot take it (e.g. a fixed 8x8 pooling before its classifier, a ViT built
+        for another size) is a one-line error before the run folder exists. `size`: the size the
+        model is built for, where it differs (a teacher behind teacher_input_size)."""
+        was_training = model.training
         try:
-            model.eval()(torch.zeros(1, 3, size, size, device=self.device))
-        except RuntimeError as e:
-            raise UserError(f"model {name} cannot take the {size}x{size} images of {self.spec.name} "
+            model.eval()(torch.zeros(1, 3, self.spec.image_size, self.spec.image_size, device=self.device))
+        except (RuntimeError, AssertionError) as e:  # (timm asserts a ViT's input size)
+            side = self.spec.image_size
+            behind = f" (resized to {size}x{size}: teacher_input_size)" if size and size != side else ""
+            raise UserError(f"model {name} cannot take the {side}x{side} images of {self.spec.name}{behind} "
                             f"({str(e).splitlines()[0][:120]}): use a model whose pooling adapts to the "
-                            f"input size (README, Data sets)") from None
+                            f"input size, or build it for this size (README, Data sets)") from None
         finally:
             model.train(was_training)
 
@@ -174,12 +180,17 @@ def distil(cfg_path, overrides=()):
     returns the best test top-1."""
     session = Session(cfg_path, overrides, script="student")
     cfg = session.cfg
-    teacher = session.place(load_teacher(cfg.model_t, cfg.path_t, session.spec.num_classes), cfg.model_t)
+    size = cfg.teacher_input_size or session.spec.image_size
+    teacher = load_teacher(cfg.model_t, cfg.path_t, session.spec.num_classes, image_size=size,
+                           kwargs=cfg.model_t_kwargs)
+    if cfg.teacher_input_size:
+        teacher = ResizedInput(teacher, cfg.teacher_input_size)
+    teacher = session.place(teacher, cfg.model_t, size)
     accuracy = evaluate(teacher, session.test_loader, session.device)
     session.log(f"teacher {cfg.model_t} from {cfg.path_t}: test top-1 {accuracy['top1']:.2f} "
                 f"top-5 {accuracy['top5']:.2f}")
     warning = check_teacher_accuracy(cfg.model_t, accuracy["top1"], dataset=cfg.dataset)
     if warning:
         session.log(warning)
-    student = session.build_model(cfg.model_s)
+    student = session.build_model(cfg.model_s, cfg.model_s_kwargs)
     return session.train(student, teacher)

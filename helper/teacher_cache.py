@@ -12,7 +12,8 @@ CC, RKD, PKT), the teacher's forward of a batch is replaced by a gather of rows
 rounding of a teacher forward over another batch (the cache is built by the same ops, on the
 same device type, precision and memory format).
 
-On disk, one folder per (teacher file's sha256, teacher model, the training images' sha256,
+On disk, one folder per (teacher file's sha256, teacher model and its constructor arguments and
+input size, the training images' sha256,
 image size, padding, normalisation, device type, amp, channels_last):
 `DIR/<model_t>-<hash of that key>/` with `key.json` (the key, and the shape and size of each
 output file), `logits.npy` (float32 N x V x classes) and, when a method has asked for it,
@@ -97,7 +98,10 @@ def cache_key(cfg, data_set, images, device):
     """What the cached values depend on (images: the loader's uint8 N x 3 x S x S)."""
     data = hashlib.sha256(np.ascontiguousarray(images.cpu().numpy())).hexdigest()
     return {"format": FORMAT,
-            "teacher": {"model": cfg.model_t, "sha256": file_sha256(cfg.path_t)},
+            "teacher": {"model": cfg.model_t, "kwargs": dict(cfg.model_t_kwargs),
+                        # (a library's pretrained weights by name: its cache's file, named by that name)
+                        "sha256": file_sha256(cfg.path_t) if os.path.isfile(cfg.path_t) else cfg.path_t,
+                        "input_size": cfg.teacher_input_size},
             "data": {"images": int(images.shape[0]), "size": int(images.shape[-1]), "sha256": data,
                      "pad": data_set.pad, "mean": list(data_set.mean), "std": list(data_set.std)},
             "forward": {"device": device.type, "amp": cfg.amp, "channels_last": bool(cfg.channels_last)}}

@@ -7,8 +7,12 @@ Every constructor takes `num_classes` (default 100; 1000 for the ImageNet models
 `is_feat=True`, and the state-dict keys are those of the original so its released teacher
 checkpoints load with `strict=True` (torchvision's IMAGENET1K_V1 weights for the ImageNet
 ResNets). The ImageNet models carry `input_size = 224`, MobileNetV2_tiny `input_size = 64`.
+Any classification model of torchvision or timm is named `torchvision:NAME` / `timm:NAME`
+(models/library.py gives it the same interface).
 """
 from common.resolve import resolve
+
+from .library import Constructor, split_name
 
 from .mobilenetv1 import MobileNetV1
 from .mobilenetv2 import mobile_half
@@ -59,11 +63,24 @@ def _accept(obj):
 
 
 def model_entry(name, key=None):
-    """(constructor, origin) of a model name: a built-in name, PACKAGE.MODULE:CALLABLE or an
-    installed package's entry point (common/resolve.py); origin is None for a built-in."""
+    """(constructor, origin) of a model name: a built-in name, torchvision:NAME or timm:NAME
+    (models/library.py), PACKAGE.MODULE:CALLABLE or an installed package's entry point
+    (common/resolve.py); origin is None for a built-in or a library's model."""
+    library = split_name(name)
+    if library:
+        return Constructor(*library), None
     return resolve(name, model_dict, "model", _accept, key=key)
 
 
 def get_model(name, key=None):
     """The constructor of a model name (`model_entry` without the origin)."""
     return model_entry(name, key)[0]
+
+
+def build_model(name, num_classes, image_size=None, kwargs=None, key=None):
+    """The model `name` for `num_classes` classes: a library's built for `image_size` (its ViTs
+    take one), any with the extra constructor arguments `kwargs` (a config's model_*_kwargs)."""
+    constructor = get_model(name, key)
+    if isinstance(constructor, Constructor):
+        return constructor(num_classes, image_size, **(kwargs or {}))
+    return constructor(num_classes=num_classes, **(kwargs or {}))

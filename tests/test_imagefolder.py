@@ -58,7 +58,7 @@ def test_a_tree_trains_a_teacher_and_a_student_and_evaluates(tree, tmp_path):
     assert code == 0, out
     result = json.loads(out.strip().splitlines()[-1])
     assert result["dataset"] == "imagefolder" and result["images"] == 3 * 4
-    assert result["top1"] == pytest.approx(accuracy, abs=1e-6)
+    assert result["top1"] == pytest.approx(accuracy, rel=1e-5, abs=1e-4)  # the log prints 6 digits
 
 
 def test_the_classes_are_the_sorted_folders_of_train(tree):
