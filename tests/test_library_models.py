@@ -197,3 +197,13 @@ def test_timm_pretrained_weights_come_from_the_local_cache(tmp_path, monkeypatch
               str(repo / "snapshots" / ("0" * 40) / "model.safetensors"))
     loaded = load_teacher(VIT, f"timm:{tag}", 1000, image_size=32, kwargs=VIT_ARGS).state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in released.state_dict().items())
+
+
+def test_a_safetensors_file_loads_as_path_t(tmp_path):
+    from safetensors.torch import save_file
+
+    from helper.checkpoint import load_teacher
+    released = model(CNN2).state_dict()
+    save_file({k: v.contiguous() for k, v in released.items()}, str(tmp_path / "resnet18.safetensors"))
+    loaded = load_teacher(CNN2, str(tmp_path / "resnet18.safetensors"), 100, image_size=32).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in released.items())
