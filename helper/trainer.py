@@ -503,7 +503,8 @@ class Trainer:
         chosen = top1 if val is None else val["top1"]  # what the best checkpoint is chosen on
         if val is not None:
             tested.update({"val_loss": val["loss"], "val_acc": chosen})
-        improved = chosen is not None and chosen > self.best_acc
+        # the first evaluated epoch is the best so far even at 0% (a best checkpoint always exists)
+        improved = chosen is not None and (chosen > self.best_acc or not self.best_epoch)
         if improved:
             self.best_epoch, self.test_at_best = epoch, top1
         self.best_acc = max(self.best_acc, chosen or 0.0)

@@ -102,3 +102,12 @@ def test_two_ranks_hold_out_the_same_images_and_end_equal(write_cfg, synthetic_d
         assert torch.equal(a[key], b[key]), key
     log = parse_log((tmp_path / "run" / "log.txt").read_text())
     assert all("val_acc" in fields for fields in log.values())
+
+
+def test_a_run_whose_val_top1_stays_0_chooses_its_first_epoch(write_cfg, synthetic_dir, tmp_path, monkeypatch):
+    scripted_scores(monkeypatch, val=[0.0, 0.0], test=[3.0, 4.0])
+    folder = tmp_path / "run"
+    code, out, err = run_script("train_teacher.py", write_cfg(tiny_config(synthetic_dir, str(folder), val_split=0.1)))
+    assert code == 0, out + err
+    assert load_checkpoint(str(folder / "resnet8_best.pth"))["epoch"] == 1
+    assert "best val top-1 0.00 at epoch 1, test top-1 there 3.00; last epoch test top-1 4.00" in out
