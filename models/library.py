@@ -19,6 +19,8 @@ and the config's `model_*_kwargs`; its class is extended with the zoo's
   ViTs) gives no maps;
 - timm: `forward_intermediates(output_fmt="NCHW")` (a ViT's tokens as maps), then
   `forward_head(pre_logits=True)` and `get_classifier()`.
+- `pooled_map=True` adds the map the global pooling before the classifier reads (models/contract.py):
+  timm's final features where they are a map, torchvision's pooled node, None for a ViT;
 - `preact=True` cannot be given (there is no pre-activation output): `preact_features` is False
   and the methods that need them refuse the model in one line (distillers.build).
 
@@ -96,7 +98,7 @@ def build_torchvision(name, num_classes, image_size, kwargs):
     net, taken = _with_size(lambda **kw: torchvision.models.get_model(name, weights=None, num_classes=num_classes,
                                                                       **kw), kwargs, "image_size", image_size)
     extractor, pooled_map = torchvision_features(net, image_size or 224)
-    return adapt(net, TorchvisionForward, build_kwargs=taken, _features=(extractor,), pooled_map_node=pooled_map)
+    return adapt(net, TorchvisionForward, build_kwargs=taken, _features=(extractor,), pooled_map_key=pooled_map)
 
 
 def build_timm(name, num_classes, image_size, kwargs):
@@ -121,30 +123,33 @@ def adapt(net, forward_class, **attributes):
 class TimmForward:
     preact_features = False
 
-    def forward(self, x, is_feat=False, preact=False):
+    def forward(self, x, is_feat=False, preact=False, pooled_map=False):
         if preact:
             raise UserError("a timm model gives no pre-activation features")
-        if not is_feat:
+        if not is_feat and not pooled_map:
             return super().forward(x)
         final, maps = self.forward_intermediates(x, output_fmt="NCHW")
         pooled = self.forward_head(final, pre_logits=True)
-        return [*maps, pooled], self.get_classifier()(pooled)
+        feats, logits = [*maps, pooled], self.get_classifier()(pooled)
+        return (feats, logits, final if final.dim() == 4 else None) if pooled_map else (feats, logits)
 
 
 class TorchvisionForward:
     preact_features = False
 
-    def forward(self, x, is_feat=False, preact=False):
+    def forward(self, x, is_feat=False, preact=False, pooled_map=False):
         if preact:
             raise UserError("a torchvision model gives no pre-activation features")
-        if not is_feat:
+        if not is_feat and not pooled_map:
             return super().forward(x)
         extractor = self._features[0]
         if extractor.training != self.training:
             extractor.train(self.training)
         out = extractor(x)
         maps = [out[key] for key in sorted(k for k in out if k.startswith("map"))]
-        return [*maps, out["pre_logits"]], out["logits"]
+        feats = [*maps, out["pre_logits"]]
+        the_map = out[self.pooled_map_key] if self.pooled_map_key else None
+        return (feats, out["logits"], the_map) if pooled_map else (feats, out["logits"])
 
 
 def last_linear(net):
@@ -188,9 +193,9 @@ def cut_points(graph, end):
 
 @torch.no_grad()
 def torchvision_features(net, size):
-    """(feature extractor, name of the map the classifier pools or None) of a torchvision model:
-    torchvision's create_feature_extractor returning the stage maps ('map0', 'map1', ...),
-    'pre_logits' and 'logits'."""
+    """(feature extractor, the key of the map the global pooling reads, or None) of a torchvision
+    model: torchvision's create_feature_extractor returning the stage maps ('map00', 'map01',
+    ...), 'pre_logits', 'logits' and that map (one of the maps, or 'pooled_map')."""
     from torch import fx
     from torchvision.models import feature_extraction
     from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor
@@ -219,8 +224,10 @@ def torchvision_features(net, size):
         spatial = [(name, shapes[name][2:]) for name in trunk if len(shapes.get(name, ())) == 4]
         maps = [name for i, (name, hw) in enumerate(spatial) if i + 1 == len(spatial) or spatial[i + 1][1] != hw]
     returns = {name: f"map{i:02d}" for i, name in enumerate(maps)}
+    if pooled_map is not None:
+        returns.setdefault(names[pooled_map], "pooled_map")  # (usually the last map itself)
     returns.update({names[pre_logits]: "pre_logits", classifier: "logits"})
     extractor = create_feature_extractor(net, return_nodes=returns)
     net.train(was_training)
     extractor.train(was_training)
-    return extractor, names[pooled_map] if pooled_map is not None else None
+    return extractor, returns[names[pooled_map]] if pooled_map is not None else None

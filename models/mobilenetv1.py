@@ -60,7 +60,7 @@ class MobileNetV1(nn.Module):
     def get_bn_before_relu(self):
         return [self.model[i][-2] for i in self.FEATURE_BLOCKS[1:]]
 
-    def forward(self, x, is_feat=False, preact=False):
+    def forward(self, x, is_feat=False, preact=False, pooled_map=False):
         feats, preacts, start = [], [], 0
         for end in self.FEATURE_BLOCKS:
             for i in range(start, end):
@@ -71,4 +71,4 @@ class MobileNetV1(nn.Module):
             preacts.append(pre)
             start = end + 1
         pooled = self.model[-1](x).flatten(1)
-        return zoo_output(self.fc(pooled), [*feats, pooled], [*preacts, pooled], is_feat, preact)
+        return zoo_output(self.fc(pooled), [*feats, pooled], [*preacts, pooled], is_feat, preact, pooled_map, x)

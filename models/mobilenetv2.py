@@ -62,7 +62,7 @@ class MobileNetV2(nn.Module):
     def get_bn_before_relu(self):
         return [self.blocks[i][-1].conv[-1] for i in (1, 2, 4, 6)]
 
-    def forward(self, x, is_feat=False, preact=False):
+    def forward(self, x, is_feat=False, preact=False, pooled_map=False):
         out = self.conv1(x)
         f0 = out
         out = self.blocks[1](self.blocks[0](out))
@@ -73,9 +73,12 @@ class MobileNetV2(nn.Module):
         f3 = out
         out = self.blocks[6](self.blocks[5](out))
         f4 = out
-        out = self.avgpool(self.conv2(out)).flatten(1)
+        the_map = self.conv2(out)
+        out = self.avgpool(the_map).flatten(1)
         f5 = out
         out = self.classifier(out)
+        if pooled_map:
+            return [f0, f1, f2, f3, f4, f5], out, the_map
         if is_feat:
             return [f0, f1, f2, f3, f4, f5], out
         return out

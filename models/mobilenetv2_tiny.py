@@ -62,7 +62,7 @@ class MobileNetV2Tiny(nn.Module):
         ends = [stages[i - 1][-1].residual[-1] for i in self.FEATURE_STAGES]
         return [*ends, self.conv1[1]]
 
-    def forward(self, x, is_feat=False, preact=False):
+    def forward(self, x, is_feat=False, preact=False, pooled_map=False):
         x = self.pre(x)
         feats = [x]
         for i, stage in enumerate(self.stages(), 1):
@@ -72,7 +72,7 @@ class MobileNetV2Tiny(nn.Module):
         x = self.conv1(x)
         pooled = F.adaptive_avg_pool2d(x, 1)
         feats += [x, pooled.flatten(1)]
-        return zoo_output(self.conv2(pooled).flatten(1), feats, feats, is_feat, preact)
+        return zoo_output(self.conv2(pooled).flatten(1), feats, feats, is_feat, preact, pooled_map, x)
 
 
 def MobileNetV2_tiny(**kwargs):

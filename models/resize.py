@@ -12,10 +12,10 @@ class ResizedInput(nn.Module):
         super().__init__()
         self.model, self.size = model, int(size)
 
-    def forward(self, x, is_feat=False, preact=False):
+    def forward(self, x, is_feat=False, preact=False, **contract):
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        return self.model(x, is_feat=is_feat, preact=preact)
+        return self.model(x, is_feat=is_feat, preact=preact, **contract)
 
     def __getattr__(self, name):
         try:

@@ -64,11 +64,12 @@ class ResNet(nn.Module):
     def get_bn_before_relu(self):
         return [self.layer1[-1].bn2, self.layer2[-1].bn2, self.layer3[-1].bn2]
 
-    def forward(self, x, is_feat=False, preact=False):
+    def forward(self, x, is_feat=False, preact=False, pooled_map=False):
         f0 = self.relu(self.bn1(self.conv1(x)))
         x, feats, preacts = run_stages(f0, (self.layer1, self.layer2, self.layer3))
         pooled = self.avgpool(x).flatten(1)
-        return zoo_output(self.fc(pooled), [f0, *feats, pooled], [f0, *preacts, pooled], is_feat, preact)
+        return zoo_output(self.fc(pooled), [f0, *feats, pooled], [f0, *preacts, pooled], is_feat, preact,
+                          pooled_map, x)
 
 
 def resnet8(**kwargs):

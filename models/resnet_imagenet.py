@@ -74,12 +74,13 @@ class ResNetImageNet(nn.Module):
         """Those of stages 2-4, as mdistiller's ImageNet ResNets (what OFD distils there)."""
         return last_bns((self.layer2, self.layer3, self.layer4))
 
-    def forward(self, x, is_feat=False, preact=False):
+    def forward(self, x, is_feat=False, preact=False, pooled_map=False):
         stem = self.bn1(self.conv1(x))
         f0 = F.relu(stem)
         x, feats, preacts = run_stages(self.maxpool(f0), (self.layer1, self.layer2, self.layer3, self.layer4))
         pooled = self.avgpool(x).flatten(1)
-        return zoo_output(self.fc(pooled), [f0, *feats, pooled], [stem, *preacts, pooled], is_feat, preact)
+        return zoo_output(self.fc(pooled), [f0, *feats, pooled], [stem, *preacts, pooled], is_feat, preact,
+                          pooled_map, x)
 
 
 def resnet18_imagenet(**kwargs):

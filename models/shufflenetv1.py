@@ -64,11 +64,12 @@ class ShuffleNet(nn.Module):
     def get_feat_modules(self):
         return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3])
 
-    def forward(self, x, is_feat=False, preact=False):
+    def forward(self, x, is_feat=False, preact=False, pooled_map=False):
         f0 = F.relu(self.bn1(self.conv1(x)))
         x, feats, preacts = run_stages(f0, (self.layer1, self.layer2, self.layer3))
         pooled = F.avg_pool2d(x, 4).flatten(1)
-        return zoo_output(self.linear(pooled), [f0, *feats, pooled], [f0, *preacts, pooled], is_feat, preact)
+        return zoo_output(self.linear(pooled), [f0, *feats, pooled], [f0, *preacts, pooled], is_feat, preact,
+                          pooled_map, x)
 
 
 def ShuffleV1(**kwargs):

@@ -71,8 +71,11 @@ def run_stages(x, stages):
     return x, feats, preacts
 
 
-def zoo_output(logits, feats, preact_feats, is_feat, preact):
-    """`forward(x, is_feat, preact)` of every model: the logits, or (features, logits)."""
+def zoo_output(logits, feats, preact_feats, is_feat, preact, pooled_map=False, the_map=None):
+    """`forward(x, is_feat, preact, pooled_map)` of every model: the logits, or (features,
+    logits), or with `pooled_map` (features, logits, the map the classifier pools)."""
+    if pooled_map:
+        return (preact_feats if preact else feats), logits, the_map
     if not is_feat:
         return logits
     return (preact_feats if preact else feats), logits

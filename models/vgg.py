@@ -54,7 +54,7 @@ class VGG(nn.Module):
     def get_bn_before_relu(self):
         return [self.block1[-1], self.block2[-1], self.block3[-1], self.block4[-1]]
 
-    def forward(self, x, is_feat=False, preact=False):
+    def forward(self, x, is_feat=False, preact=False, pooled_map=False):
         h = x.shape[2]
         x = F.relu(self.block0(x))
         f0 = x
@@ -76,10 +76,10 @@ class VGG(nn.Module):
         f4_pre = x
         x = F.relu(x)
         f4 = x
-        x = self.pool4(x).flatten(1)
+        x = self.pool4(f4).flatten(1)
         f5 = x
         return zoo_output(self.classifier(x), [f0, f1, f2, f3, f4, f5], [f0, f1_pre, f2_pre, f3_pre, f4_pre, f5],
-                          is_feat, preact)
+                          is_feat, preact, pooled_map, f4)
 
 
 def vgg8(**kwargs):

@@ -65,7 +65,7 @@ class WideResNet(nn.Module):
     def get_bn_before_relu(self):
         return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
 
-    def forward(self, x, is_feat=False, preact=False):
+    def forward(self, x, is_feat=False, preact=False, pooled_map=False):
         out = self.conv1(x)
         f0 = out
         out = self.block1(out)
@@ -74,16 +74,17 @@ class WideResNet(nn.Module):
         f2 = out
         out = self.block3(out)
         f3 = out
-        out = self.avgpool(self.relu(self.bn1(out))).flatten(1)
+        the_map = self.relu(self.bn1(out))
+        out = self.avgpool(the_map).flatten(1)
         f4 = out
         out = self.fc(out)
-        if not is_feat:
+        if not is_feat and not pooled_map:
             return out
         if preact:
             f1 = self.block2.layer[0].bn1(f1)
             f2 = self.block3.layer[0].bn1(f2)
             f3 = self.bn1(f3)
-        return [f0, f1, f2, f3, f4], out
+        return ([f0, f1, f2, f3, f4], out, the_map) if pooled_map else ([f0, f1, f2, f3, f4], out)
 
 
 def wrn_16_1(**kwargs):

@@ -1,0 +1,50 @@
+"""The classifier contract of every model (the zoo, and torchvision / timm models): what the
+methods that reuse or reshape the classifier (SimKD, CAT-KD, SDD, SRD) read.
+
+    feats, logits, pooled_map = model(x, is_feat=True, pooled_map=True)
+    weight, bias = classifier_weights(model)      # [classes, channels], [classes] or None
+
+`pooled_map` is the map that the global average pooling before the classifier reads, N x C x H x W:
+not always `feats[-2]` (WRN: relu(bn1(.)) of the last block's output; ShuffleV2: after its last
+1x1 convolution, 1024 channels against feats[-2]'s 464; MobileNetV2: 1280 against 160). `classifier`
+is the final layer, whatever the original named it (`fc`, `linear`, `classifier`, MobileNetV2_tiny's
+1x1 convolution); for the zoo, logits = classifier(mean of pooled_map over H x W). A library model
+whose head does more than one linear layer on the pooled map (torchvision's MobileNetV3), or that
+has no map (a ViT), gives `reads_pooled_map(model)` False.
+"""
+import torch.nn as nn
+
+from common.errors import UserError
+
+
+def classifier(model):
+    """The final classification layer: the last nn.Linear or 1x1 nn.Conv2d the model registers
+    (tests/test_model_contract.py checks it is the one that gives the logits, for every model)."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear) or
+              (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1)]
+    if not layers:
+        raise UserError(f"{type(model).__name__} has no linear classifier")
+    return layers[-1]
+
+
+def classifier_weights(model):
+    """(weight [classes, channels], bias [classes] or None) of `classifier(model)`."""
+    layer = classifier(model)
+    return layer.weight.flatten(1), layer.bias
+
+
+def forward_with_map(model, x, preact=False):
+    """(feats, logits, pooled_map) of `model`, or a one-line refusal when it does not keep the contract."""
+    try:
+        return model(x, is_feat=True, preact=preact, pooled_map=True)
+    except TypeError as e:
+        if "pooled_map" not in str(e):
+            raise
+        raise UserError(f"{type(model).__name__} does not give the map its classifier pools (forward(..., "
+                        f"pooled_map=True), models/contract.py): choose a model of the zoo or of a library") from None
+
+
+def reads_pooled_map(model, feats, pooled_map):
+    """Whether the classifier reads the pooled map directly (its channels are the map's)."""
+    return pooled_map is not None and pooled_map.dim() == 4 and \
+        classifier_weights(model)[0].shape[1] == pooled_map.shape[1] and feats[-1].shape[1] == pooled_map.shape[1]
