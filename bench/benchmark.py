@@ -110,12 +110,15 @@ CASES = [
 ]
 # with KD on both pairs, the teacher cache's cases (--teacher-cache); not in the default set
 CASES.append(("dkd_wrn16_2", "configs/kds/dkd/wrn-40-2_wrn-16-2.yaml", "student", [], "DKD: wrn_40_2 -> wrn_16_2"))
+# the methods that reuse or reshape the classifier (--cases srd); not in the default set
+CLASSIFIER_CASES = [("srd", "configs/kds/srd/resnet32x4_resnet8x4.yaml", "student", [], "SRD: resnet32x4 -> resnet8x4")]
+CASES += CLASSIFIER_CASES
 # the logit methods of 2022-2025 papers, beside KD on the same pair (--cases logit); not in the default set
 LOGIT_CASES = [(m, f"configs/kds/{m}/resnet32x4_resnet8x4.yaml", "student", [], f"{label}: resnet32x4 -> resnet8x4")
                for m, label in (("dkd", "DKD"), ("dist", "DIST"), ("ctkd", "CTKD"), ("nkd", "NKD"), ("ttm", "TTM"),
                                 ("wttm", "WTTM"), ("rld", "RLD"), ("luminet", "LumiNet"), ("kd_ls", "KD+LS"),
                                 ("mlkd", "MLKD (two views, plain path only)"))]
-DEFAULT_CASES = [c[0] for c in CASES if c[0] != "dkd_wrn16_2"]
+DEFAULT_CASES = [c[0] for c in CASES if c[0] != "dkd_wrn16_2" and c not in CLASSIFIER_CASES]
 CASES += LOGIT_CASES
 # key: (path, precision, label, overrides); the modes measured by default on each device
 MODES = {

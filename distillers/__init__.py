@@ -32,6 +32,7 @@ from .reviewkd import ReviewKD
 from .rkd import RKD
 from .rld import RLD
 from .sp import SP
+from .srd import SRD
 from .ttm import TTM, WTTM
 from .vid import VID
 
@@ -63,6 +64,7 @@ METHODS = {
     "rld": RLD,
     "luminet": LumiNet,
     "mlkd": MLKD,
+    "srd": SRD,
 }
 
 
@@ -136,4 +138,4 @@ def build(cfg, student, teacher=None, train_targets=None):
 
 __all__ = ["METHODS", "Distiller", "build", "builtin_knob_owners", "distiller_names", "method_class", "method_names",
            "AB", "ASKD", "AT", "CC", "CRD", "CTKD", "DIST", "DKD", "FSP", "FT", "FitNet", "HKD", "KDSVD",
-           "LumiNet", "MLKD", "NKD", "NST", "OFD", "PKT", "RKD", "RLD", "SP", "TTM", "VID", "Vanilla", "WTTM"]
+           "LumiNet", "MLKD", "NKD", "NST", "OFD", "PKT", "RKD", "RLD", "SP", "SRD", "TTM", "VID", "Vanilla", "WTTM"]

@@ -1,0 +1,65 @@
+"""The methods that reuse or reshape the classifier, against the figures measured on each original
+(reference/losses_classifier_a.json; reference/README.md says how): SRD (the original and
+torchdistill agree bit for bit)."""
+import json
+import os
+
+import pytest
+import torch
+
+from distillers import build
+from distillers.functional import hinton_kd
+from models import model_dict
+from models.contract import classifier
+from runs import make_cfg
+from tests.deterministic import fill_deterministic, fixed_input
+
+HERE = os.path.join(os.path.dirname(__file__), "reference")
+REF_A = json.load(open(os.path.join(HERE, "losses_classifier_a.json")))
+VALUE, GRAD = dict(rel=1e-6, abs=0), dict(rel=1e-5, abs=0)
+
+
+def case_id(case):
+    return f"{case['teacher']}-{case['student']}"
+
+
+def models(case):
+    """(student in train mode, teacher in eval mode, their feats and logits of fixed_input(8)), float64."""
+    student = fill_deterministic(model_dict[case["student"]](num_classes=100).double()).train()
+    teacher = fill_deterministic(model_dict[case["teacher"]](num_classes=100).double()).eval()
+    with torch.no_grad():
+        feats_t, logits_t = teacher(fixed_input(8), is_feat=True)
+    feats_s, logits_s = student(fixed_input(8), is_feat=True)
+    return student, teacher, feats_s, logits_s, feats_t, logits_t
+
+
+def assert_grad(grad, ref, scale=None):
+    assert grad.norm().item() == pytest.approx(ref["norm"], **GRAD)
+    assert grad.sum().item() == pytest.approx(ref["sum"], rel=1e-5, abs=1e-12 * (scale or ref["norm"]))
+    assert grad.flatten()[:len(ref["first"])].tolist() == pytest.approx(ref["first"], **GRAD)
+
+
+@pytest.mark.parametrize("case", REF_A["cases"], ids=case_id)
+def test_srd_matches_the_original(case):
+    ref = case["srd"]
+    student, teacher, feats_s, _, feats_t, logits_t = models(case)
+    distiller = build(make_cfg("srd", beta=1.0), student, teacher).double().train()
+    fill_deterministic(distiller.embed)
+    pooled = feats_s[-1].detach().clone().requires_grad_()
+    feat = distiller.method_losses([pooled], None, feats_t, logits_t, None, None)["srd"]
+    feat.backward()
+    assert feat.item() == pytest.approx(ref["feat_term"], **VALUE)
+    assert_grad(pooled.grad, ref["feat_term_grad_pooled_s"], scale=ref["grad_pooled_s"]["norm"])
+    assert_grad(distiller.embed.weight.grad, ref["feat_term_grad_projector_weight"])
+    # the whole criterion: the feature term + KL at T = 1 through the student's classifier
+    distiller.zero_grad()
+    pooled = feats_s[-1].detach().clone().requires_grad_()
+    kl = hinton_kd(classifier(student)(pooled), logits_t, 1.0)
+    loss = distiller.method_losses([pooled], None, feats_t, logits_t, None, None)["srd"] + kl
+    loss.backward()
+    assert kl.item() == pytest.approx(ref["kl_term"], **VALUE)
+    assert loss.item() == pytest.approx(ref["loss"], **VALUE)
+    assert_grad(pooled.grad, ref["grad_pooled_s"])
+    assert_grad(distiller.embed.weight.grad, ref["grad_projector_weight"])
+    assert distiller.embed.bias.grad.abs().max().item() < 1e-12  # the batch normalisation removes any bias
+    assert case["srd_torchdistill"]["loss"] == pytest.approx(ref["loss"], rel=1e-12)
