@@ -11,6 +11,7 @@ from common.resolve import resolve
 from .abound import AB
 from .askd import ASKD
 from .at import AT
+from .catkd import CATKD
 from .base import Distiller, Vanilla
 from .cc import CC
 from .crd import CRD
@@ -65,6 +66,7 @@ METHODS = {
     "luminet": LumiNet,
     "mlkd": MLKD,
     "srd": SRD,
+    "catkd": CATKD,
 }
 
 
@@ -137,5 +139,5 @@ def build(cfg, student, teacher=None, train_targets=None):
 
 
 __all__ = ["METHODS", "Distiller", "build", "builtin_knob_owners", "distiller_names", "method_class", "method_names",
-           "AB", "ASKD", "AT", "CC", "CRD", "CTKD", "DIST", "DKD", "FSP", "FT", "FitNet", "HKD", "KDSVD",
+           "AB", "ASKD", "AT", "CATKD", "CC", "CRD", "CTKD", "DIST", "DKD", "FSP", "FT", "FitNet", "HKD", "KDSVD",
            "LumiNet", "MLKD", "NKD", "NST", "OFD", "PKT", "RKD", "RLD", "SP", "SRD", "TTM", "VID", "Vanilla", "WTTM"]

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.knobs import Knob, non_negative
+from models.contract import forward_with_map
 
 from .functional import hinton_kd
 
@@ -41,6 +42,7 @@ class Distiller(nn.Module):
     check_settings = {}  # config values the method battery (helper/battery.py) runs it with
     strong_view = False  # True: each batch of B images holds 2B, the weak views then the strong (MLKD)
     teacher_reads = ("feats", "logits")  # what losses read of the teacher: see the module docstring
+    pooled_maps = False  # True: feats_s / feats_t also carry `.pooled_map`, the map each classifier pools
 
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__()
@@ -67,7 +69,14 @@ class Distiller(nn.Module):
         says which view of which image each row is, else its forward pass."""
         if view is not None and self._cached_teacher:
             return self._cached_teacher[0](index, view)
-        return self.teacher(image, is_feat=True, preact=self.preact or self.teacher_preact)
+        return self.features(self.teacher, image, self.preact or self.teacher_preact)
+
+    def features(self, model, image, preact):
+        """(feats, logits) of `model`; feats a MapFeatures where the method reads `pooled_maps`."""
+        if not self.pooled_maps:
+            return model(image, is_feat=True, preact=preact)
+        feats, logits, pooled_map = forward_with_map(model, image, preact)
+        return MapFeatures(feats, pooled_map), logits
 
     def train(self, mode=True):
         super().train(mode)
@@ -91,7 +100,7 @@ class Distiller(nn.Module):
 
     def forward(self, image, target, index=None, view=None):
         if self.needs_feats:
-            feats_s, logits_s = self.student(image, is_feat=True, preact=self.preact)
+            feats_s, logits_s = self.features(self.student, image, self.preact)
         else:
             feats_s, logits_s = None, self.student(image)
         losses = {"ce": self.gamma * F.cross_entropy(logits_s, target)}
@@ -125,6 +134,14 @@ class Distiller(nn.Module):
         for module in self.modules():
             if isinstance(module, Schedule):
                 module.start_epoch(epoch)
+
+
+class MapFeatures(list):
+    """A model's feature list, with `pooled_map`: the map its classifier pools (models/contract.py)."""
+
+    def __init__(self, feats, pooled_map):
+        super().__init__(feats)
+        self.pooled_map = pooled_map
 
 
 class InitStage(NamedTuple):

@@ -63,3 +63,34 @@ def test_srd_matches_the_original(case):
     assert_grad(distiller.embed.weight.grad, ref["grad_projector_weight"])
     assert distiller.embed.bias.grad.abs().max().item() < 1e-12  # the batch normalisation removes any bias
     assert case["srd_torchdistill"]["loss"] == pytest.approx(ref["loss"], rel=1e-12)
+
+
+REF_B = json.load(open(os.path.join(HERE, "losses_classifier_b.json")))
+CAT_SETTINGS = [(case, setting) for case in REF_B["cases"] for setting in ("config", "nearest_config", "defaults")
+                if setting in case["catkd"]]
+
+
+@pytest.mark.parametrize("case, setting", CAT_SETTINGS, ids=lambda x: x if isinstance(x, str) else case_id(x))
+def test_catkd_matches_the_original(case, setting):
+    from distillers.base import MapFeatures
+    from models.contract import forward_with_map
+    ref = case["catkd"][setting]
+    student = fill_deterministic(model_dict[case["student"]](num_classes=100).double()).train()
+    teacher = fill_deterministic(model_dict[case["teacher"]](num_classes=100).double()).eval()
+    distiller = build(make_cfg("catkd", beta=ref["CAT_loss_weight"], cat_resolution=ref["CAM_RESOLUTION"],
+                               cat_normalize=ref["IF_NORMALIZE"]), student, teacher).double().train()
+    with torch.no_grad():
+        feats_t, logits_t, map_t = forward_with_map(teacher, fixed_input(8))
+    feats_s, logits_s, map_s = forward_with_map(student, fixed_input(8))  # the bias now 0 and frozen
+    labels = torch.tensor(case["labels"])
+    assert torch.nn.functional.cross_entropy(logits_s, labels).item() == pytest.approx(ref["loss_CE"], **VALUE)
+    leaf = map_s.detach().clone().requires_grad_()
+    loss = distiller.beta * distiller.method_losses(MapFeatures(feats_s, leaf), logits_s,
+                                                    MapFeatures(feats_t, map_t), logits_t, labels, None)["cat"]
+    loss.backward()
+    assert loss.item() == pytest.approx(ref["loss_CAT"], **VALUE)
+    assert (loss / distiller.beta).item() == pytest.approx(ref["cat_loss_unweighted"], **VALUE)
+    assert_grad(leaf.grad, ref["grad_map_s"])
+    assert_grad(classifier(student).weight.grad, ref["grad_classifier_weight_s"])
+    assert list(map_s.shape) == case["catkd"]["map_s"]["shape"] and list(map_t.shape) == case["catkd"]["map_t"]["shape"]
+    assert map_t.sum().item() == pytest.approx(case["catkd"]["map_t"]["sum"], **VALUE)
