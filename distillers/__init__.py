@@ -32,6 +32,7 @@ from .pkt import PKT
 from .reviewkd import ReviewKD
 from .rkd import RKD
 from .rld import RLD
+from .sdd import SDD
 from .sp import SP
 from .srd import SRD
 from .ttm import TTM, WTTM
@@ -67,6 +68,7 @@ METHODS = {
     "mlkd": MLKD,
     "srd": SRD,
     "catkd": CATKD,
+    "sdd": SDD,
 }
 
 
@@ -140,4 +142,4 @@ def build(cfg, student, teacher=None, train_targets=None):
 
 __all__ = ["METHODS", "Distiller", "build", "builtin_knob_owners", "distiller_names", "method_class", "method_names",
            "AB", "ASKD", "AT", "CATKD", "CC", "CRD", "CTKD", "DIST", "DKD", "FSP", "FT", "FitNet", "HKD", "KDSVD",
-           "LumiNet", "MLKD", "NKD", "NST", "OFD", "PKT", "RKD", "RLD", "SP", "SRD", "TTM", "VID", "Vanilla", "WTTM"]
+           "LumiNet", "MLKD", "NKD", "NST", "OFD", "PKT", "RKD", "RLD", "SDD", "SP", "SRD", "TTM", "VID", "Vanilla", "WTTM"]

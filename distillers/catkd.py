@@ -33,6 +33,21 @@ def class_activation_map(model, pooled_map):
     return torch.einsum("nchw,kc->nkhw", pooled_map, weight)
 
 
+@torch.no_grad()
+def require_classifiers_on_maps(student, teacher, method):
+    """Refuse, in one line, a model whose classifier does not read the map it pools (a dry forward)."""
+    for role, model in (("student", student), ("teacher", teacher)):
+        param = next(model.parameters())
+        size = getattr(model, "input_size", 32)
+        was_training = model.training
+        feats, _, the_map = forward_with_map(model.eval(), torch.zeros(2, 3, size, size, dtype=param.dtype,
+                                                                       device=param.device))
+        model.train(was_training)
+        if not reads_pooled_map(model, feats, the_map):
+            raise UserError(f"{method} applies each classifier to the map it pools, and the {role} "
+                            f"{type(model).__name__}'s classifier reads no such map: choose another method or model")
+
+
 def cat_loss(cam_s, cam_t, resolution, normalize):
     pooled_s = F.adaptive_avg_pool2d(cam_s, resolution)
     pooled_t = F.adaptive_avg_pool2d(cam_t, resolution)
@@ -51,17 +66,7 @@ class CATKD(Distiller):
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
         self.resolution, self.normalize = int(cfg.cat_resolution), bool(cfg.cat_normalize)
-        for role, model in (("student", student), ("teacher", teacher)):
-            param = next(model.parameters())
-            size = getattr(model, "input_size", 32)
-            was_training = model.training
-            with torch.no_grad():
-                feats, _, the_map = forward_with_map(model.eval(), torch.zeros(2, 3, size, size, dtype=param.dtype,
-                                                                               device=param.device))
-            model.train(was_training)
-            if not reads_pooled_map(model, feats, the_map):
-                raise UserError(f"CAT-KD applies each classifier to the map it pools, and the {role} "
-                                f"{type(model).__name__}'s classifier reads no such map: choose another method or model")
+        require_classifiers_on_maps(student, teacher, "CAT-KD")
         bias = classifier(student).bias
         if bias is not None:  # the original's students have none
             with torch.no_grad():

@@ -26,19 +26,24 @@ from common.errors import UserError
 from common.knobs import Knob, non_negative
 
 from .base import LOGIT_STAND, WARMUP_EPOCHS, Distiller, WarmUp
-from .functional import hinton_kd, log_binary, standardize
+from .functional import log_binary, standardize
+
+
+def dkd_rows(logits_s, logits_t, target, alpha, beta, T):
+    """alpha * TCKD + beta * NCKD of each sample (see the module's docstring); the teacher side is
+    taken as given (call it without gradient)."""
+    true_class = torch.arange(logits_s.shape[1], device=target.device) == target.unsqueeze(1)  # (B, K)
+    tckd = F.kl_div(log_binary(logits_s, target, T), log_binary(logits_t, target, T), reduction="none",
+                    log_target=True).sum(dim=1)
+    mask = 1000.0 * T * true_class  # z / T - 1000 on the true class: its probability is 0
+    nckd = F.kl_div(F.log_softmax((logits_s - mask) / T, dim=1), F.log_softmax((logits_t - mask) / T, dim=1),
+                    reduction="none", log_target=True).sum(dim=1)
+    return (alpha * tckd + beta * nckd) * T ** 2
 
 
 def dkd_loss(logits_s, logits_t, target, alpha, beta, T):
-    """alpha * TCKD + beta * NCKD (see the module's docstring); the teacher side is taken as
-    given (call it without gradient)."""
-    true_class = torch.arange(logits_s.shape[1], device=target.device) == target.unsqueeze(1)  # (B, K)
-    tckd = F.kl_div(log_binary(logits_s, target, T), log_binary(logits_t, target, T), reduction="sum",
-                    log_target=True)
-    tckd = tckd * T ** 2 / logits_s.shape[0]
-    mask = 1000.0 * T * true_class  # z / T - 1000 on the true class: its probability is 0
-    nckd = hinton_kd(logits_s - mask, logits_t - mask, T)
-    return alpha * tckd + beta * nckd
+    """alpha * TCKD + beta * NCKD, averaged over the batch."""
+    return dkd_rows(logits_s, logits_t, target, alpha, beta, T).mean()
 
 
 DKD_ALPHA = Knob("dkd_alpha", 1.0, "DKD: weight of the target-class KL (TCKD)", non_negative)

@@ -1,6 +1,7 @@
 """The methods that reuse or reshape the classifier, against the figures measured on each original
 (reference/losses_classifier_a.json; reference/README.md says how): SRD (the original and
 torchdistill agree bit for bit)."""
+import functools
 import json
 import os
 
@@ -94,3 +95,63 @@ def test_catkd_matches_the_original(case, setting):
     assert_grad(classifier(student).weight.grad, ref["grad_classifier_weight_s"])
     assert list(map_s.shape) == case["catkd"]["map_s"]["shape"] and list(map_t.shape) == case["catkd"]["map_t"]["shape"]
     assert map_t.sum().item() == pytest.approx(case["catkd"]["map_t"]["sum"], **VALUE)
+
+
+@functools.lru_cache(maxsize=None)
+def pair_maps(teacher_name, student_name):
+    """(student, teacher, the student's logits, the student's and the teacher's pooled maps of
+    fixed_input(8)), float64, deterministic weights; built once per pair."""
+    from models.contract import forward_with_map
+    student = fill_deterministic(model_dict[student_name](num_classes=100).double()).train()
+    teacher = fill_deterministic(model_dict[teacher_name](num_classes=100).double()).eval()
+    with torch.no_grad():
+        _, _, map_t = forward_with_map(teacher, fixed_input(8))
+        _, logits_s, map_s = forward_with_map(student, fixed_input(8))
+    return student, teacher, logits_s, map_s, map_t
+
+
+SDD_SETTINGS = [(case, group, scales, base, setting)
+                for case in REF_B["cases"] for group in ("M", "M_mixed") for scales in case["sdd"][group]
+                for base in ("kd", "dkd", "nkd") for setting in ("config", "defaults")
+                if setting in case["sdd"][group][scales][f"sdd_{base}"]]
+
+
+def sdd_id(value):
+    return value if isinstance(value, str) else case_id(value)
+
+
+@pytest.mark.parametrize("case, group, scales, base, setting", SDD_SETTINGS, ids=sdd_id)
+def test_sdd_matches_the_original(case, group, scales, base, setting):
+    from distillers.sdd import region_logits
+    record = case["sdd"][group][scales]
+    ref = record[f"sdd_{base}"][setting]
+    knobs = dict(sdd_scales=scales.strip("[]"), sdd_base=base, kd_T=ref["T"])
+    if base == "kd":
+        knobs.update(gamma=ref["CE_WEIGHT"], beta=ref["KD_WEIGHT"])
+    else:
+        knobs.update(gamma=ref["CE_WEIGHT"], beta=1.0, warmup_epochs=int(ref["warmup"]),
+                     dkd_beta=ref["BETA"] if base == "dkd" else ref["gamma_is_DKD_BETA"])
+        if base == "dkd":
+            knobs.update(dkd_alpha=ref["ALPHA"])
+    student, teacher, logits_s, map_s, map_t = pair_maps(case["teacher"], case["student"])
+    distiller = build(make_cfg("sdd", **knobs), student, teacher).double().train()
+    labels = torch.tensor(record["labels"])
+    assert (distiller.gamma * torch.nn.functional.cross_entropy(logits_s, labels)).item() == \
+        pytest.approx(ref["loss_ce"], **VALUE)
+    scale_levels = tuple(int(s) for s in knobs["sdd_scales"].split(","))
+    patch_t = region_logits(teacher, map_t, scale_levels)
+    assert patch_t.sum().item() == pytest.approx(record["patch_t"]["sum"], **VALUE)
+    assert patch_t.argmax(dim=1).tolist() == record["teacher_region_argmax"]
+    for epoch in [e for e in (1, 20) if f"loss_kd_epoch{e}" in ref]:  # (M_mixed: epoch 20 only)
+        distiller.start_epoch(epoch)
+        leaf = map_s.detach().clone().requires_grad_()
+        patch_s = region_logits(student, leaf, scale_levels)
+        patch_s.retain_grad()
+        loss = distiller.beta * distiller.warmup(distiller.region_loss(patch_s, patch_t, labels))
+        assert loss.item() == pytest.approx(ref[f"loss_kd_epoch{epoch}"], **VALUE)
+    assert list(patch_s.shape) == record["patch_s"]["shape"]
+    assert patch_s.sum().item() == pytest.approx(record["patch_s"]["sum"], **VALUE)
+    loss.backward()
+    for grad, key in ((patch_s.grad, "grad_patch_s"), (leaf.grad, "grad_map_s")):  # (where measured)
+        if key in ref:
+            assert_grad(grad, ref[key])
