@@ -110,9 +110,9 @@ CASES = [
 ]
 # with KD on both pairs, the teacher cache's cases (--teacher-cache); not in the default set
 CASES.append(("dkd_wrn16_2", "configs/kds/dkd/wrn-40-2_wrn-16-2.yaml", "student", [], "DKD: wrn_40_2 -> wrn_16_2"))
-# the methods that reuse or reshape the classifier (--cases srd,catkd,sdd_kd); not in the default set
+# the methods that reuse or reshape the classifier (--cases srd,catkd,sdd_kd,simkd); not in the default set
 CLASSIFIER_CASES = [(m, f"configs/kds/{m}/resnet32x4_resnet8x4.yaml", "student", [], f"{label}: resnet32x4 -> resnet8x4")
-                    for m, label in (("srd", "SRD"), ("catkd", "CAT-KD"), ("sdd_kd", "SD-KD"))]
+                    for m, label in (("srd", "SRD"), ("catkd", "CAT-KD"), ("sdd_kd", "SD-KD"), ("simkd", "SimKD"))]
 CASES += CLASSIFIER_CASES
 # the logit methods of 2022-2025 papers, beside KD on the same pair (--cases logit); not in the default set
 LOGIT_CASES = [(m, f"configs/kds/{m}/resnet32x4_resnet8x4.yaml", "student", [], f"{label}: resnet32x4 -> resnet8x4")

@@ -33,6 +33,7 @@ from .reviewkd import ReviewKD
 from .rkd import RKD
 from .rld import RLD
 from .sdd import SDD
+from .simkd import SimKD
 from .sp import SP
 from .srd import SRD
 from .ttm import TTM, WTTM
@@ -69,6 +70,7 @@ METHODS = {
     "srd": SRD,
     "catkd": CATKD,
     "sdd": SDD,
+    "simkd": SimKD,
 }
 
 
@@ -142,4 +144,4 @@ def build(cfg, student, teacher=None, train_targets=None):
 
 __all__ = ["METHODS", "Distiller", "build", "builtin_knob_owners", "distiller_names", "method_class", "method_names",
            "AB", "ASKD", "AT", "CATKD", "CC", "CRD", "CTKD", "DIST", "DKD", "FSP", "FT", "FitNet", "HKD", "KDSVD",
-           "LumiNet", "MLKD", "NKD", "NST", "OFD", "PKT", "RKD", "RLD", "SDD", "SP", "SRD", "TTM", "VID", "Vanilla", "WTTM"]
+           "LumiNet", "MLKD", "NKD", "NST", "OFD", "PKT", "RKD", "RLD", "SDD", "SP", "SRD", "SimKD", "TTM", "VID", "Vanilla", "WTTM"]

@@ -115,6 +115,18 @@ class Distiller(nn.Module):
             losses.update({name: self.beta * value for name, value in terms.items()})
         return logits_s, losses
 
+    @property
+    def deployed(self):
+        """The model the run tests and saves: the student (SimKD: with its projector and the
+        teacher's classifier)."""
+        return self.student
+
+    @classmethod
+    def deployment(cls, student, teacher, cfg):
+        """The deployed model of a run of this method, built from untrained `student` and
+        `teacher` architectures, to load the run's checkpoints into (evaluate.py)."""
+        return student
+
     def kd_term(self, logits_s, logits_t):
         """Hinton's KD at kd_T, weighted by alpha in `forward` (a method may change it: logit
         standardisation, CTKD's learnt temperature)."""

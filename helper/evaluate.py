@@ -48,7 +48,8 @@ def score(model, cfg, device, batch_size=256, num_workers=0):
 
 
 def run_config(checkpoint, cfg_path=None, overrides=(), model=None, dataset_name=None):
-    """(config, model name or None, whether the data set was given) for `checkpoint`."""
+    """(config, model name or None, whether the data set was given, the config file or None)
+    for `checkpoint`."""
     cfg = get_cfg_defaults()
     if cfg_path is None and os.path.isfile(os.path.join(os.path.dirname(checkpoint), RUN_CONFIG)):
         cfg_path = os.path.join(os.path.dirname(checkpoint), RUN_CONFIG)
@@ -61,7 +62,21 @@ def run_config(checkpoint, cfg_path=None, overrides=(), model=None, dataset_name
     add_plugin_paths([p for p in cfg.plugin_path.split(",") if p.strip()])
     dataset.spec(cfg.dataset)  # an unknown name: one line
     given = cfg_path is not None or bool(dataset_name) or any(key == "dataset" for key, _ in pairs)
-    return cfg, model or cfg.model or cfg.model_s or None, given
+    return cfg, model or cfg.model or cfg.model_s or None, given, cfg_path
+
+
+def deployed_model(student, cfg, cfg_path, classes):
+    """The model a student run of `cfg.distill` deploys (SimKD: with its projector and the
+    teacher's classifier), built from the run's whole config (its method's knobs included)."""
+    from distillers import Distiller, method_class
+    method = method_class(cfg.distill)[0]
+    if method.deployment.__func__ is Distiller.deployment.__func__:
+        return student
+    full = get_cfg_defaults(cfg.distill)
+    merge(full, [(k, v) for k, v in read_yaml(cfg_path).items() if k in full and k != RECORDED], cfg_path)
+    size = dataset.data_spec(cfg).image_size
+    teacher = build_model(cfg.model_t, classes, cfg.teacher_input_size or size, cfg.model_t_kwargs)
+    return method.deployment(student, teacher, full)
 
 
 def _classes(weights):
@@ -94,7 +109,7 @@ def evaluate_checkpoint(checkpoint, cfg_path=None, overrides=(), model=None, dat
     {checkpoint, model, dataset, images, top1, top5, loss}. Every bad input is a UserError."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
-    cfg, name, given = run_config(checkpoint, cfg_path, overrides, model, dataset_name)
+    cfg, name, given, cfg_path = run_config(checkpoint, cfg_path, overrides, model, dataset_name)
     if model is not None:
         get_model(model, "--model")
     device = pick_device(device)
@@ -105,6 +120,7 @@ def evaluate_checkpoint(checkpoint, cfg_path=None, overrides=(), model=None, dat
     name = name or _architecture(weights, classes, checkpoint)
     kwargs = cfg.model_kwargs if name == cfg.model else cfg.model_s_kwargs if name == cfg.model_s else {}
     net = build_model(name, classes, dataset.data_spec(cfg).image_size, kwargs)
+    net = deployed_model(net, cfg, cfg_path, classes) if name == cfg.model_s and cfg_path else net
     net = load_weights(net, weights, name, checkpoint).eval()
     result = score(net, cfg, device, batch_size, cfg.num_workers)
     why = diverged_score(result)

@@ -160,6 +160,11 @@ class Session:
         from distillers import build
         targets = torch.as_tensor(self.train_loader.dataset.targets)
         distiller = build(self.cfg, student, teacher, targets).to(self.device)
+        deployed = distiller.deployed
+        if deployed is not distiller.student:
+            count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+            self.log(f"method {self.cfg.distill} deploys {type(deployed).__name__}: {count(deployed):,} parameters "
+                     f"(the student alone {count(distiller.student):,}); its test accuracy and checkpoints are that model's")
         if teacher is not None and self.cfg.teacher_cache != "off":
             distiller.use_teacher_cache(teacher_cache.open_cache(
                 self.cfg, type(distiller), teacher, self.train_loader, self.spec, self.device, self.log))

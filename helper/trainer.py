@@ -466,7 +466,7 @@ class Trainer:
             self.init_stage(init_state)
             for epoch in range(self.start_epoch, self.cfg.epochs + 1):
                 self.one_epoch(epoch)
-        self.run.save_last(self.distiller.student, self.cfg.epochs, self.best_acc)
+        self.run.save_last(self.distiller.deployed, self.cfg.epochs, self.best_acc)
         self.run.save_latest(self.state(self.cfg.epochs, finished=True))
         if self.val_loader is None:
             self.logger.message(f"done: best top-1 {self.best_acc:.2f} in {self.run.path}")
@@ -489,9 +489,9 @@ class Trainer:
         distributed.broadcast_state(self.distiller)  # ranks end every epoch identical
         test = val = None
         if self.ctx.is_main and (epoch % self.cfg.eval_freq == 0 or epoch == self.cfg.epochs):
-            test = evaluate(self.distiller.student, self.test_loader, self.device)  # the best only among these
+            test = evaluate(self.distiller.deployed, self.test_loader, self.device)  # the best only among these
             if self.val_loader is not None:
-                val = evaluate(self.distiller.student, self.val_loader, self.device)
+                val = evaluate(self.distiller.deployed, self.val_loader, self.device)
         self.check_health(epoch, test)
         if not self.ctx.is_main:
             return  # rank 0 alone evaluates, logs and saves
@@ -510,7 +510,7 @@ class Trainer:
         self.best_acc = max(self.best_acc, chosen or 0.0)
         if val is not None:
             tested["test_at_best_val"] = self.test_at_best
-        self.run.save_epoch(self.distiller.student, epoch, chosen, self.best_acc, improved)
+        self.run.save_epoch(self.distiller.deployed, epoch, chosen, self.best_acc, improved)
         self.run.save_latest(self.state(epoch))
         if self.device.type == "cuda":  # what sweep.py --runs-per-gpu sizes its packing by
             write_peak_memory(self.run.path, self.device)

@@ -155,3 +155,54 @@ def test_sdd_matches_the_original(case, group, scales, base, setting):
     for grad, key in ((patch_s.grad, "grad_patch_s"), (leaf.grad, "grad_map_s")):  # (where measured)
         if key in ref:
             assert_grad(grad, ref[key])
+
+
+@pytest.mark.parametrize("case", REF_A["cases"], ids=case_id)
+def test_simkd_matches_the_original(case):
+    from distillers.simkd import SimKDStudent
+    ref = case["simkd"]
+    student, teacher, feats_s, _, feats_t, _ = models(case)
+    distiller = build(make_cfg("simkd", gamma=0.0, beta=1.0, simkd_factor=ref["factor"]), student, teacher)
+    distiller = distiller.double().train()
+    fill_deterministic(distiller.projector)
+    assert list(distiller.projector.state_dict()) == ref["state_dict_keys"]
+    assert sum(p.numel() for p in distiller.projector.parameters()) == ref["param_count"]
+    leaf = feats_s[-2].detach().clone().requires_grad_()
+    loss = distiller.method_losses([leaf, None], None, feats_t, None, None, None)["simkd"]
+    loss.backward()
+    assert loss.item() == pytest.approx(ref["loss"], **VALUE)
+    assert_grad(leaf.grad, ref["grad_feat_s"], scale=1.0)
+    for key, norm in ref["grad_param_norm"].items():
+        assert distiller.projector.get_parameter(key).grad.norm().item() == pytest.approx(norm, **GRAD), key
+    assert classifier(teacher).weight.grad is None  # reused, frozen
+    # deployment: the teacher's classifier on the pooled projected map (the reference: a freshly
+    # filled projector in eval mode, on the student's map above)
+    fill_deterministic(distiller.projector)
+    deployed = distiller.deployed.eval()
+    assert isinstance(deployed, SimKDStudent)
+    with torch.no_grad():
+        logits = deployed.head(feats_s[-2])
+    assert logits.sum().item() == pytest.approx(ref["logits_eval"]["sum"], **VALUE)
+    assert logits.flatten()[:5].tolist() == pytest.approx(ref["logits_eval"]["first"], **VALUE)
+    labels = torch.tensor(case["labels"])
+    assert torch.nn.functional.cross_entropy(logits, labels).item() == pytest.approx(ref["ce_of_logits_eval"], **VALUE)
+
+
+def test_simkds_deployed_checkpoint_evaluates_to_the_runs_own_accuracy(write_cfg, synthetic_dir, teacher_file, tmp_path):
+    import re
+
+    import evaluate
+    from runs import call_cli, run_script, tiny_config
+    cfg = tiny_config(synthetic_dir, str(tmp_path / "run"), model_s="resnet8", model_t="resnet14", path_t=teacher_file,
+                      distill="simkd", gamma=0.0, beta=1.0, epochs=1, lr_decay_epochs="1")
+    cfg.pop("model")
+    code, out, err = run_script("train_student.py", write_cfg(cfg))
+    assert code == 0, out + err
+    assert re.search(r"method simkd deploys SimKDStudent: [\d,]+ parameters \(the student alone [\d,]+\)", out)
+    accuracy = float(re.search(r"^epoch 1 .* test_acc (\S+)", out, re.M).group(1))
+    for name in ("resnet8_last.pth", "resnet8_best.pth"):
+        code, text = call_cli(evaluate, [str(tmp_path / "run" / name), "--json", "--device", "cpu"])
+        assert code == 0, text
+        assert json.loads(text.strip().splitlines()[-1])["top1"] == pytest.approx(accuracy, rel=1e-5, abs=1e-4)
+    saved = torch.load(tmp_path / "run" / "resnet8_last.pth", weights_only=False)["model"]
+    assert any(k.startswith("projector.") for k in saved) and "classifier.weight" in saved  # backbone + P + W_t
