@@ -94,7 +94,8 @@ class Grid:
         variants = [(suffix, words) for suffix, words, on in (
             ("_dkd", " over dkd", config.get("ctkd_over") == "dkd"),
             ("_ls", " with logit_stand", config.get("logit_stand") is True),
-            ("_dot", " with optimizer dot", str(config.get("optimizer", "sgd")).lower() == "dot")) if on]
+            ("_dot", " with optimizer dot", str(config.get("optimizer", "sgd")).lower() == "dot"),
+            (f"_{config.get('sdd_base')}", f" over {config.get('sdd_base')}", distill == "sdd")) if on]
         method += "".join(suffix for suffix, _ in variants)
         if method not in METHODS and method not in self.others:
             return [], f"method '{distill}'{''.join(w for _, w in variants)} is not a row of the tables"

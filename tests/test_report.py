@@ -286,3 +286,19 @@ def test_logit_methods_of_2022_2025_meet_their_published_figures(tmp_path):
     assert rows["CTKD over DKD [none]"][3] == "75.00 (n=1); paper N/A"
     assert rows["CTKD [ctkd]"][:2] == ["paper 73.52", "paper 70.99"]
     assert "is not a row" not in out
+
+
+def test_the_classifier_methods_meet_their_published_figures(tmp_path):
+    """SDD over DKD is the SD-DKD row, SimKD its own; CAT-KD and SRD rows for runs only."""
+    make_run(tmp_path / "sdd_dkd", "kds/sdd_dkd/res32x4_shufflenetv2.yaml", [78.0])
+    make_run(tmp_path / "simkd", "kds/simkd/resnet32x4_resnet8x4.yaml", [78.0])
+    make_run(tmp_path / "catkd", "kds/catkd/resnet32x4_resnet8x4.yaml", [76.0])
+    make_run(tmp_path / "srd", "kds/srd/resnet32x4_resnet8x4.yaml", [75.0])
+    code, out = call([str(tmp_path)])
+    assert code == 0, out
+    rows = other_rows(out.split("## Other methods, published elsewhere")[1].split("\n## ")[0])
+    assert "78.00 (n=1); paper 78.05; Δ -0.05" in rows["SD-DKD [sdd]"]
+    assert "78.00 (n=1); paper 78.08; Δ -0.08" in rows["SimKD [simkd]"]
+    assert "76.00 (n=1); paper N/A" in rows["CAT-KD [catkd_unchecked]"]
+    assert "75.00 (n=1); paper N/A" in rows["SRD [srd_imagenet]"]
+    assert "is not a row" not in out
