@@ -16,6 +16,7 @@ from helper.config import load_config
 from layouts import write_tiny_imagenet
 from models import model_dict
 from runs import call_cli, run_script, weights
+from test_imagenet_configs import CIFAR_ONLY as IMAGENET_CIFAR_ONLY
 from tests.deterministic import fill_deterministic
 
 REFERENCE = Path(__file__).parent / "reference" / "zoo" / "MobileNetV2_tiny_mdistiller.json"
@@ -95,7 +96,8 @@ def test_train_vanilla(name):
             cfg.lr_decay_epochs) == (name, "tiny_imagenet", "", 256, 200, 0.2, [60, 120, 160])
 
 
-CIFAR_ONLY = {"DIST", "CTKD", "NKD", "TTM", "WTTM", "RLD", "LumiNet", "MLKD"}  # test_imagenet_configs.py
+# the methods that ship no Tiny-ImageNet files: those with CIFAR-100 files only, and SRD (ImageNet's recipe besides)
+CIFAR_ONLY = IMAGENET_CIFAR_ONLY | {"SRD"}
 
 
 @pytest.fixture(scope="module")
