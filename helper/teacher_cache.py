@@ -7,7 +7,7 @@ CIFAR's training augmentation is RandomCrop(32, padding=4) + a horizontal flip: 
 the fast path draws each image's view explicitly. For a method that declares it reads only the
 teacher's logits (`teacher_reads = ("logits",)`: KD, DKD, DIST, NKD, TTM, WTTM, RLD, LumiNet,
 CTKD, with logit standardisation or DOT) or its logits and pooled embedding `feats[-1]` (CRD,
-CC, RKD, PKT), the teacher's forward of a batch is replaced by a gather of rows
+CC, RKD, PKT, SRD), the teacher's forward of a batch is replaced by a gather of rows
 `index * 162 + view` of the cache: the run computes what it computes with the teacher, up to the
 rounding of a teacher forward over another batch (the cache is built by the same ops, on the
 same device type, precision and memory format).
