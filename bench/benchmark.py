@@ -772,6 +772,15 @@ def write_markdown(kind_key, text):
             f.write(f"\n<!-- BEGIN {key} -->\n{sections[key]}<!-- END {key} -->\n")
 
 
+def publish(args, device, prefix, text, group=""):
+    """Print a section and, unless --no-write, make it this device's `prefix` section of BENCHMARKS.md."""
+    print("\n" + text)
+    if not args.no_write:
+        key = f"{prefix}{device.type}{group}:{device_name(device).split(' (')[0]}"
+        write_markdown(key, text)
+        print(f"written into {MARKDOWN} (section {key})")
+
+
 # -- main ---------------------------------------------------------------------------------------
 def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
@@ -839,11 +848,7 @@ def main():
             rows = bench_packing(device, args, data_dir)
             args.load_after = "%.1f/%.1f/%.1f" % os.getloadavg()
             text = packing_section(device, args, command, rows)
-            print("\n" + text)
-            if not args.no_write:
-                key = f"packing-{device.type}:{device_name(device).split(' (')[0]}"
-                write_markdown(key, text)
-                print(f"written into {MARKDOWN} (section {key})")
+            publish(args, device, "packing-", text)
             return
         if args.teacher_cache:
             results, builds = {}, {}
@@ -856,11 +861,7 @@ def main():
                               (f"failed: {got}" if isinstance(got, str) else f"{got[0]:9.1f} images/s"), flush=True)
             args.load_after = "%.1f/%.1f/%.1f" % os.getloadavg()
             text = cache_section(device, args, command, results, builds)
-            print("\n" + text)
-            if not args.no_write:
-                key = f"teacher-cache-{device.type}:{device_name(device).split(' (')[0]}"
-                write_markdown(key, text)
-                print(f"written into {MARKDOWN} (section {key})")
+            publish(args, device, "teacher-cache-", text)
             return
         data_rows = bench_data(data_dir, device, args.workers, args.quick)
         for what, setting, rate in data_rows:
@@ -888,11 +889,7 @@ def main():
     group = "-logit" if set(wanted) & {c[0] for c in LOGIT_CASES} else ""
     text = section(device, args, command, data_rows, results, memory.method,
                    f"{device.type.upper()}, the logit methods beside KD" if group else None)
-    print("\n" + text)
-    if not args.no_write:
-        key = f"{device.type}{group}:{device_name(device).split(' (')[0]}"
-        write_markdown(key, text)
-        print(f"written into {MARKDOWN} (section {key})")
+    publish(args, device, "", text, group)
 
 
 if __name__ == "__main__":

@@ -68,32 +68,30 @@ def held_out(targets, fraction, seed):
     return np.sort(np.concatenate(held)).astype(np.int64)
 
 
-def training_split(cfg, part="train"):
-    """The images a run trains on (`part` "train") or validates on ("val": None when val_split
-    is 0): the training split of cfg's data set, less (or only) its `held_out` share."""
+def training_parts(cfg):
+    """(the images a run trains on, those it validates on or None when val_split is 0): the
+    training split of cfg's data set, read once, less its `held_out` share and that share."""
     split = data_spec(cfg).read(data_root(cfg), "train")
     if not cfg.val_split:
-        return split if part == "train" else None
+        return split, None
     if not hasattr(split, "subset"):
         raise UserError(f"data set {cfg.dataset}'s training split has no subset(indices), which val_split "
                         f"needs (dataset/images.py): add it, or set val_split 0")
     held = held_out(split.targets, cfg.val_split, cfg.seed)
     if len(held) == 0:
         raise UserError(f"val_split {cfg.val_split} holds out no image of the {len(split)} training images: raise it")
-    if part == "val":
-        return split.subset(held)
-    kept = np.setdiff1d(np.arange(len(split)), held)
-    return split.subset(kept)
+    return split.subset(np.setdiff1d(np.arange(len(split)), held)), split.subset(held)
 
 
-def build_train_loader(cfg, rank=0, world_size=1, strong_view=False):
-    """This rank's training batches. `strong_view`: each image also as its strong view
-    (dataset/strong_view.py), a batch of B images then holding 2B: the weak views, then the strong."""
+def build_train_loader(cfg, rank=0, world_size=1, strong_view=False, split=None):
+    """This rank's training batches (of `split`: the training part of `training_parts` when
+    None). `strong_view`: each image also as its strong view (dataset/strong_view.py), a batch of
+    B images then holding 2B: the weak views, then the strong."""
     data_set = data_spec(cfg)
     transform = data_set.train_transform()
     if strong_view:
         transform = TwoViews(transform)
-    data = IndexedImages(training_split(cfg), transform)
+    data = IndexedImages(split if split is not None else training_parts(cfg)[0], transform)
     sampler = EpochSampler(len(data), cfg.seed, rank, world_size)
     return torch.utils.data.DataLoader(
         data, batch_size=cfg.batch_size // world_size, sampler=sampler, num_workers=cfg.num_workers,

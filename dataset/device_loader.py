@@ -250,7 +250,7 @@ def build_fast_loaders(cfg, device, rank=0, world_size=1, test_batch_size=256, v
     `test_batch_size` (as the plain path's test loader).
     DeviceLoaders for the sets held on the device; JPEG files (ImageNet, ImageFolder trees) are
     decoded on the GPU."""
-    from . import EpochSampler, training_split
+    from . import EpochSampler, training_parts
 
     per_rank = cfg.batch_size // world_size
     if per_rank < 1:
@@ -261,8 +261,8 @@ def build_fast_loaders(cfg, device, rank=0, world_size=1, test_batch_size=256, v
         raise UserError(f"fast true with {cfg.dataset} decodes the JPEG files on a CUDA GPU; this run is "
                         f"on {torch.device(device).type}: set fast false")
     memory_format = torch.channels_last if cfg.get("channels_last", False) else torch.contiguous_format
-    train_split = training_split(cfg)
-    evaluated = [data_set.read(root, "test")] + ([training_split(cfg, "val")] if val else [])
+    train_split, held = training_parts(cfg)
+    evaluated = [data_set.read(root, "test")] + ([held] if val else [])
     sampler = EpochSampler(len(train_split), cfg.seed, rank, world_size)
     if not data_set.pad:
         from .gpu_jpeg import JpegLoader

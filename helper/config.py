@@ -141,28 +141,25 @@ def _owner_hint(key, distill):
     return f": it is a knob of {', '.join(owners)}, not of {distill}: remove it, or select its method"
 
 
-def parse_epochs(value):
-    """'150,180,210', [150, 180, 210], 150 or '150' -> [150, 180, 210] / [150]."""
-    if isinstance(value, bool):
-        raise ValueError
+def _items(value):
+    """'1,2,3', [1, 2, 3], 1 or '1' -> the items as a list (ValueError for a boolean anywhere)."""
     if isinstance(value, (int, float)):
         value = [value]
     elif isinstance(value, str):
         value = [v for v in value.replace(" ", "").split(",") if v]
-    return [_as_int(v) for v in value]
+    if isinstance(value, bool) or any(isinstance(v, bool) for v in value):
+        raise ValueError
+    return list(value)
+
+
+def parse_epochs(value):
+    """'150,180,210', [150, 180, 210], 150 or '150' -> [150, 180, 210] / [150]."""
+    return [_as_int(v) for v in _items(value)]
 
 
 def parse_numbers(value):
     """'0.5,0.5,0.5', [0.5, 0.5, 0.5] or 0.5 -> a list of floats."""
-    if isinstance(value, bool):
-        raise ValueError
-    if isinstance(value, (int, float)):
-        value = [value]
-    elif isinstance(value, str):
-        value = [v for v in value.replace(" ", "").split(",") if v]
-    if any(isinstance(v, bool) for v in value):
-        raise ValueError
-    return [float(v) for v in value]
+    return [float(v) for v in _items(value)]
 
 
 def _as_int(value):

@@ -71,9 +71,10 @@ class Session:
             self.train_loader, self.test_loader, self.val_loader = build_fast_loaders(
                 cfg, self.device, ctx.rank, ctx.world_size, views=self.uses_cache(cfg, script), val=True)
         else:
-            self.train_loader = dataset.build_train_loader(cfg, ctx.rank, ctx.world_size, self.strong_view(cfg, script))
+            train, held = dataset.training_parts(cfg)
+            self.train_loader = dataset.build_train_loader(cfg, ctx.rank, ctx.world_size, self.strong_view(cfg, script),
+                                                           split=train)
             self.test_loader = dataset.build_test_loader(cfg, batch_size=256, num_workers=cfg.num_workers)
-            held = dataset.training_split(cfg, "val")
             self.val_loader = None if held is None else dataset.build_test_loader(cfg, 256, cfg.num_workers, split=held)
         self.logger, self.early_lines = None, []
         for note in self.run.notes:

@@ -46,6 +46,7 @@ from dataset.device_loader import CropFlip, Normalize, combinations, view_augmen
 from dataset.registry import data_spec
 
 from .logger import Progress
+from .teachers import sha256_of
 from .trainer import AMP_DTYPES
 
 FORMAT = 1
@@ -86,21 +87,13 @@ def cache_root(cfg):
     return DEFAULT_DIR if cfg.teacher_cache == "auto" else cfg.teacher_cache
 
 
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_key(cfg, data_set, images, device):
     """What the cached values depend on (images: the loader's uint8 N x 3 x S x S)."""
     data = hashlib.sha256(np.ascontiguousarray(images.cpu().numpy())).hexdigest()
     return {"format": FORMAT,
             "teacher": {"model": cfg.model_t, "kwargs": dict(cfg.model_t_kwargs),
                         # (a library's pretrained weights by name: its cache's file, named by that name)
-                        "sha256": file_sha256(cfg.path_t) if os.path.isfile(cfg.path_t) else cfg.path_t,
+                        "sha256": sha256_of(cfg.path_t) if os.path.isfile(cfg.path_t) else cfg.path_t,
                         "input_size": cfg.teacher_input_size},
             "data": {"images": int(images.shape[0]), "size": int(images.shape[-1]), "sha256": data,
                      "pad": data_set.pad, "mean": list(data_set.mean), "std": list(data_set.std)},

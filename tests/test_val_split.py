@@ -27,7 +27,7 @@ def test_the_split_is_disjoint_from_training_and_the_same_on_every_rank(syntheti
     cfg = make_cfg("kd", dataset="synthetic", data_dir=synthetic_dir, synthetic_train_size=600, val_split=0.2,
                    batch_size=10, fast=fast)
     images, targets = dataset.read_split(synthetic_dir, "train")
-    train, val = dataset.training_split(cfg), dataset.training_split(cfg, "val")
+    train, val = dataset.training_parts(cfg)
     assert len(train) + len(val) == 600 and len(val) == 100  # 6 images a class: one of each held out
     rows = {tuple(image.reshape(-1)[:64]) for image in images}
     assert len(rows) == 600  # each image told by its first pixels
