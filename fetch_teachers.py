@@ -5,13 +5,16 @@ and torchvision's ImageNet ResNet34/50 (IMAGENET1K_V1).
     python fetch_teachers.py resnet32x4 wrn_40_2   # some of them
     python fetch_teachers.py --dataset imagenet    # resnet34_imagenet and resnet50_imagenet
     python fetch_teachers.py --verify              # and check their test accuracy
+    python fetch_teachers.py -v                    # and say which URLs it downloads or tried
 
 Each teacher lands at <dest>/<NAME>_vanilla.pth (default dest: save/teacher_model/<its data
 set>) once its sha256 checks out (torchvision's: the prefix in its file name, then the full
 digest recorded in the lock file) and it loads as the right architecture; a second run
 downloads nothing.  --mirror URL (or
 $ASKD_TEACHER_MIRROR) fetches everything from URL/<file part of the source>, e.g.
-URL/cifar_teachers.tar or URL/resnet56_vanilla/ckpt_epoch_240.pth.
+URL/cifar_teachers.tar or URL/resnet56_vanilla/ckpt_epoch_240.pth. A teacher that cannot be
+fetched (offline, say) is one short line naming where to put its file (-v: with every URL tried);
+a folder made for the teachers and left empty is removed again.
 """
 import argparse
 import sys
@@ -45,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument('--device', default=None, help='device for --verify (default: cuda if available)')
     p.add_argument('--timeout', type=float, default=30.0, help='network timeout in seconds')
     p.add_argument('--retries', type=int, default=3, help='retries per URL')
+    p.add_argument('-v', '--verbose', action='store_true',
+                   help='print the URL of each download, and every URL tried when a teacher fails')
     return p.parse_args(argv)
 
 
@@ -80,7 +85,7 @@ def main(argv=None):
             raise UserError(f'no teacher of data set {args.dataset!r}: the registry has teachers of '
                             f'{", ".join(sorted({teacher_dataset(spec) for spec in registry.values()}))}')
         paths = fetch_teachers(names, dest=args.dest, mirror=args.mirror, registry=registry,
-                               timeout=args.timeout, retries=args.retries)
+                               timeout=args.timeout, retries=args.retries, verbose=args.verbose)
         if args.verify:
             bad = verify(paths, registry, args.data_dir, args.batch_size, args.device)
             if bad:

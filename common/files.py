@@ -1,4 +1,6 @@
-"""Atomic file writes: a file is either complete or absent, whatever happens mid-write."""
+"""Atomic file writes: a file is either complete or absent, whatever happens mid-write; and
+folders made for a download that failed taken away again."""
+import contextlib
 import errno
 import os
 import tempfile
@@ -52,3 +54,24 @@ def write_atomic(path, data, what="file"):
             except OSError:
                 pass
     fsync_dir(folder)
+
+
+@contextlib.contextmanager
+def no_empty_folders_left(path):
+    """Within the block, the folders of `path` that do not exist yet may be made (a download's
+    destination); when the block ends, those of them left empty are removed, deepest first. A
+    folder that existed before, or that holds anything, is never removed."""
+    made, folder = [], os.path.abspath(path)
+    while not os.path.exists(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    try:
+        yield
+    finally:
+        for folder in made:
+            try:
+                os.rmdir(folder)
+            except FileNotFoundError:  # never made
+                continue
+            except OSError:  # holds something: so do the folders above it
+                break

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.errors import UserError
+from common.files import no_empty_folders_left
 
 from .images import ImageArray
 
@@ -38,7 +39,8 @@ class CifarFiles:
         return all(os.path.isfile(self.path(root, name)) for files in self.splits.values() for name in files)
 
     def ensure(self, root, download=True):
-        """Make sure every file of every split is in `root/<folder>/`, downloading when allowed."""
+        """Make sure every file of every split is in `root/<folder>/`, downloading when allowed
+        (a failed download leaves no empty folder that it made)."""
         if self.is_present(root):
             return
         first = self.path(root, self.splits["train"][0])
@@ -48,7 +50,8 @@ class CifarFiles:
             raise UserError(f"{self.title} not found in {root} and download is off: {where}")
         from torchvision.datasets.utils import download_and_extract_archive  # slow import: only here
         try:
-            download_and_extract_archive(self.url, root, filename=self.archive, md5=self.archive_md5)
+            with no_empty_folders_left(root):
+                download_and_extract_archive(self.url, root, filename=self.archive, md5=self.archive_md5)
         except Exception as e:  # urllib, socket, tarfile and md5 errors all mean the same to the user
             raise UserError(f"{self.title} download from {self.url} failed ({type(e).__name__}: {e}); "
                             f"{where}") from None

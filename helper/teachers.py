@@ -16,6 +16,7 @@ whole archive is refused if any member has an absolute path, a ``..`` component,
 a link or device pointing out of it.  A teacher already installed is not downloaded again.
 """
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -31,7 +32,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from common.files import fsync_dir, write_atomic
+from common.files import fsync_dir, no_empty_folders_left, write_atomic
 from common.errors import UserError
 
 REGISTRY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'teachers.json')
@@ -143,7 +144,12 @@ def source_url(source, mirror=None):
 # ----------------------------------------------------------------------------- small helpers
 
 class _SourceFailed(Exception):
-    """One source did not yield a good file; the message says why (one line)."""
+    """One source did not yield a good file: its URL, why (one line), and whether the network
+    failed (no route, no name, refused, timed out) rather than the server or the file."""
+
+    def __init__(self, url, reason, network=False):
+        super().__init__(f'{url} ({reason})')
+        self.url, self.reason, self.network = url, reason, network
 
 
 class _Retryable(Exception):
@@ -321,17 +327,18 @@ def download(url, part, *, timeout=30.0, retries=3, backoff=1.0, progress=True, 
             elif e.code in (408, 425, 429) or e.code >= 500:
                 error = e
             else:
-                raise _SourceFailed(f'{url} ({_reason(e)})') from None
+                raise _SourceFailed(url, _reason(e)) from None
         except urllib.error.URLError as e:
             if isinstance(e.reason, (socket.gaierror, FileNotFoundError)):
-                raise _SourceFailed(f'{url} ({_reason(e)})') from None
+                raise _SourceFailed(url, _reason(e), network=isinstance(e.reason, socket.gaierror)) from None
             error = e
         except (_Retryable, http.client.HTTPException, OSError) as e:
             error = e
         now = os.path.getsize(part) if os.path.isfile(part) else 0
         failures = 0 if now > before else failures + 1
         if failures > retries:
-            raise _SourceFailed(f'{url} ({_reason(error)}, {failures} tries)')
+            raise _SourceFailed(url, f'{_reason(error)}, {failures} {"try" if failures == 1 else "tries"}',
+                                network=not isinstance(error, (urllib.error.HTTPError, _Retryable)))
         time.sleep(backoff * (2 ** max(failures - 1, 0)))
 
 
@@ -381,15 +388,14 @@ def extract_member(archive, member_name, out_path, url=None):
             for m in members:
                 why = _unsafe_reason(m)
                 if why:
-                    raise _SourceFailed(f'{where} (archive refused: unsafe member {m.name!r}, {why})')
+                    raise _SourceFailed(where, f'archive refused: unsafe member {m.name!r}, {why}')
             wanted = _norm_member(member_name)
             found = [m for m in members if _norm_member(m.name) == wanted]
             if not found:
-                raise _SourceFailed(f'{where} (archive has no member {member_name})')
+                raise _SourceFailed(where, f'archive has no member {member_name}')
             member = found[-1]
             if not member.isfile():
-                raise _SourceFailed(f'{where} (archive refused: member {member.name!r} is not a '
-                                    f'regular file)')
+                raise _SourceFailed(where, f'archive refused: member {member.name!r} is not a regular file')
             src = tar.extractfile(member)
             try:
                 with src, open(out_path, 'wb') as dst:
@@ -401,21 +407,32 @@ def extract_member(archive, member_name, out_path, url=None):
                 raise _local_io('write', out_path, e) from None
     except (tarfile.TarError, EOFError, ValueError) as e:
         _remove(out_path)
-        raise _SourceFailed(f'{where} (not a readable tar archive: {e})') from None
+        raise _SourceFailed(where, f'not a readable tar archive: {e}') from None
 
 
 # ----------------------------------------------------------------------------- fetching
 
+def _summary(failures):
+    """Why the sources failed, in a few words: their hosts by reason, 'offline?' when the network
+    failed for every one (e.g. 'offline? github.com, example.org: Name or service not known')."""
+    hosts = {}
+    for failure in failures:
+        hosts.setdefault(failure.reason, {})[urllib.parse.urlsplit(failure.url).netloc or failure.url] = None
+    text = '; '.join(f'{", ".join(where)}: {reason}' for reason, where in hosts.items())
+    return f'offline? {text}' if failures and all(f.network for f in failures) else text
+
+
 class _Fetcher:
-    def __init__(self, dest, registry, mirror, timeout, retries, backoff, progress, log):
+    def __init__(self, dest, registry, mirror, timeout, retries, backoff, progress, log, verbose=False):
         self.dest = dest
         self.registry = registry
         self.mirror = mirror
         self.kw = dict(timeout=timeout, retries=retries, backoff=backoff, progress=progress)
         self.log = log
+        self.verbose = verbose     # the URLs tried: each download, and every source of a failure
         self.lock = _Lock(dest)
         self.archives = {}     # local archive path -> (url, sha256) once verified this run
-        self.bad_archives = {} # local archive path -> failure message
+        self.bad_archives = {} # local archive path -> its _SourceFailed
 
     # -- one teacher -----------------------------------------------------------------
     def expected(self, name):
@@ -444,12 +461,16 @@ class _Fetcher:
                     self.from_file(name, url, final)
                 return final
             except _SourceFailed as e:
-                tried.append(str(e))
+                tried.append(e)
+        if not self.verbose:
+            instead = '' if self.mirror else ' or pass --mirror URL'
+            raise UserError(f'{name}: not fetched ({_summary(tried)}); put the file at {final}{instead} '
+                            f'(-v: the URLs tried)')
         where = []
         for source in spec['sources']:
             url = source_url(source, self.mirror)
             where.append(f'member {source["member"]} of {url}' if source.get('member') else url)
-        raise UserError(f'could not fetch teacher {name}: tried {"; ".join(tried)}. '
+        raise UserError(f'{name}: not fetched: tried {"; ".join(map(str, tried))}. '
                         f'Download it by hand ({" or ".join(where)}) and put it at {final}, '
                         f'or pass --mirror URL (or set {MIRROR_ENV})')
 
@@ -484,14 +505,13 @@ class _Fetcher:
         expected, where = self.expected(name)
         if expected and not digest.startswith(expected):
             _remove(tmp)
-            raise _SourceFailed(f'{url} (sha256 {digest} does not match {expected} from {where}; '
-                                f'if the upstream file legitimately changed, remove its entry from '
-                                f'the lock file)')
+            raise _SourceFailed(url, f'sha256 {digest} does not match {expected} from {where}; if the '
+                                     f'upstream file legitimately changed, remove its entry from the lock file')
         try:
             self.verify_arch(name, tmp)
         except UserError as e:
             _remove(tmp)
-            raise _SourceFailed(f'{url} (downloaded file rejected: {e})') from None
+            raise _SourceFailed(url, f'downloaded file rejected: {e}') from None
         try:
             os.replace(tmp, final)
         except OSError as e:
@@ -504,14 +524,15 @@ class _Fetcher:
 
     def from_file(self, name, url, final):
         part = final + '.part'
-        self.log(f'{name}: downloading {url}')
+        if self.verbose:
+            self.log(f'{name}: downloading {url}')
         download(url, part, label=name, **self.kw)
         self.install(name, part, final, url)
 
     def from_archive(self, name, source, url, final):
         archive = os.path.join(self.dest, posixpath.basename(source['path']))
         if archive in self.bad_archives:
-            raise _SourceFailed(self.bad_archives[archive])
+            raise self.bad_archives[archive]
         key = os.path.basename(archive)
         try:
             if archive not in self.archives:
@@ -520,7 +541,7 @@ class _Fetcher:
             extract_member(archive, source['member'], tmp, url)
         except _SourceFailed as e:
             if 'no member' not in str(e):
-                self.bad_archives[archive] = str(e)
+                self.bad_archives[archive] = e
                 _remove(archive)
                 self.archives.pop(archive, None)
             raise
@@ -529,7 +550,7 @@ class _Fetcher:
             self.install(name, tmp, final, f'{url}#{source["member"]}')
         except _SourceFailed as e:
             # a member that fails its hash or architecture check discredits the archive
-            self.bad_archives[archive] = str(e)
+            self.bad_archives[archive] = e
             _remove(archive)
             self.archives.pop(archive, None)
             raise
@@ -545,13 +566,14 @@ class _Fetcher:
                 return
             _remove(archive)
         part = archive + '.part'
-        self.log(f'downloading {url}')
+        if self.verbose:
+            self.log(f'downloading {url}')
         download(url, part, label=key, **self.kw)
         digest = sha256_of(part)
         if expected and digest != expected:
             _remove(part)
-            raise _SourceFailed(f'{url} (sha256 {digest} does not match {expected} from the lock '
-                                f'file {self.lock.path})')
+            raise _SourceFailed(url, f'sha256 {digest} does not match {expected} from the lock file '
+                                     f'{self.lock.path}')
         try:
             os.replace(part, archive)
         except OSError as e:
@@ -572,12 +594,14 @@ class _Fetcher:
 
 
 def fetch_teachers(names=None, dest=None, mirror=None, registry=None, *, timeout=30.0,
-                   retries=3, backoff=1.0, progress=True, log=print):
+                   retries=3, backoff=1.0, progress=True, log=print, verbose=False):
     """Install the teachers ``names`` (all when None) at ``<dest>/<NAME>_vanilla.pth``; ``dest``
     None: each in ``save/teacher_model/<its data set>``.
 
     ``mirror`` (default: ``$ASKD_TEACHER_MIRROR``) replaces every source's base URL.
-    Returns ``{name: path}``.  Every failure is a one-line UserError.
+    Returns ``{name: path}``.  Every failure is a one-line UserError, one short line per teacher
+    (``verbose``: with every URL tried, and each download's URL logged); a folder made for the
+    teachers and left empty is removed.
     """
     registry = load_registry() if registry is None else registry
     names = list(registry) if not names else list(dict.fromkeys(names))
@@ -589,22 +613,25 @@ def fetch_teachers(names=None, dest=None, mirror=None, registry=None, *, timeout
     mirror = _normalize_mirror(mirror)
     fetchers = {}   # destination folder -> its fetcher (its own lock file)
     done, failed = {}, []
-    try:
-        for name in names:
-            folder = dest or default_dest(teacher_dataset(registry[name]))
-            if folder not in fetchers:
+    with contextlib.ExitStack() as made:
+        try:
+            for name in names:
+                folder = dest or default_dest(teacher_dataset(registry[name]))
+                if folder not in fetchers:
+                    made.enter_context(no_empty_folders_left(folder))
+                    try:
+                        os.makedirs(folder, exist_ok=True)
+                    except OSError as e:
+                        raise UserError(f'cannot create the teacher folder {folder}: {e.strerror or e}') from None
+                    fetchers[folder] = _Fetcher(folder, registry, mirror, timeout, retries, backoff, progress, log,
+                                                verbose)
                 try:
-                    os.makedirs(folder, exist_ok=True)
-                except OSError as e:
-                    raise UserError(f'cannot create the teacher folder {folder}: {e.strerror or e}') from None
-                fetchers[folder] = _Fetcher(folder, registry, mirror, timeout, retries, backoff, progress, log)
-            try:
-                done[name] = fetchers[folder].fetch(name)
-            except UserError as e:
-                failed.append((name, str(e)))
-    finally:
-        for fetcher in fetchers.values():
-            fetcher.cleanup_archives()
+                    done[name] = fetchers[folder].fetch(name)
+                except UserError as e:
+                    failed.append((name, str(e)))
+        finally:
+            for fetcher in fetchers.values():
+                fetcher.cleanup_archives()
     if len(failed) == 1:
         raise UserError(failed[0][1])
     if failed:

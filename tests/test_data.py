@@ -108,6 +108,19 @@ def test_failed_download_says_where_to_put_the_archive(tmp_path, monkeypatch):
         cifar100.ensure_cifar100(str(tmp_path), download=False)
 
 
+def test_failed_download_leaves_no_empty_folder_it_made(tmp_path, monkeypatch):
+    monkeypatch.setattr(cifar100.FILES, "url", "http://127.0.0.1:9/cifar-100-python.tar.gz")
+    root = tmp_path / "data" / "cifar100"
+    with pytest.raises(UserError, match="127.0.0.1:9"):
+        cifar100.ensure_cifar100(str(root), download=True)
+    assert os.listdir(tmp_path) == []          # neither data/cifar100/ nor data/
+    root.mkdir(parents=True)                   # a folder of the user's, even empty, stays
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError):
+        cifar100.ensure_cifar100(str(root / "sub"), download=True)
+    assert sorted(os.listdir(tmp_path / "data")) == ["cifar100", "notes.txt"] and os.listdir(root) == []
+
+
 def test_epoch_sampler_orders_and_shards():
     a, b = dataset.EpochSampler(100, seed=1), dataset.EpochSampler(100, seed=1)
     a.set_epoch(3), b.set_epoch(3)

@@ -327,7 +327,7 @@ def test_hash_mismatch_against_registry(tmp_path, server):
     dest = tmp_path / 'd'
     with pytest.raises(UserError, match='registry'):
         T.fetch_teachers(['resnet56'], dest=str(dest), mirror=server.base, registry=reg, **FAST)
-    assert listing(dest) == []
+    assert not dest.exists()
 
 
 def test_existing_file_with_wrong_hash(tmp_path, server):
@@ -361,13 +361,18 @@ def test_404_names_urls_and_where_to_put_the_file(tmp_path, server):
     dest = tmp_path / 'd'
     with pytest.raises(UserError) as e:
         T.fetch_teachers(['resnet56'], dest=str(dest), mirror=server.base,
-                         registry=small_registry(), **FAST)
+                         registry=small_registry(), verbose=True, **FAST)
     msg = str(e.value)
     assert f'{server.base}/cifar_teachers.tar (HTTP 404' in msg
     assert f'{server.base}/resnet56_vanilla/ckpt_epoch_240.pth (HTTP 404' in msg
     assert str(dest / 'resnet56_vanilla.pth') in msg and '\n' not in msg
     assert len(server.requests) == 2          # 404 is not retried
-    assert listing(dest) == []
+    assert not dest.exists()                  # made for the teacher, left empty: removed
+    with pytest.raises(UserError) as e:       # without verbose: the host and the reason, no URL
+        T.fetch_teachers(['resnet56'], dest=str(dest), mirror=server.base, registry=small_registry(), **FAST)
+    host = server.base.split('//')[1]
+    assert str(e.value) == (f'resnet56: not fetched ({host}: HTTP 404 Not Found); put the file at '
+                            f'{dest / "resnet56_vanilla.pth"} (-v: the URLs tried)')
 
 
 def test_connection_refused(tmp_path):
@@ -379,7 +384,7 @@ def test_connection_refused(tmp_path):
     mirror = f'http://127.0.0.1:{port}/t'
     with pytest.raises(UserError) as e:
         T.fetch_teachers(['resnet56'], dest=str(dest), mirror=mirror, registry=small_registry(),
-                         **FAST)
+                         verbose=True, **FAST)
     msg = str(e.value)
     assert f'{mirror}/cifar_teachers.tar (Connection refused' in msg
     assert f'{mirror}/resnet56_vanilla/ckpt_epoch_240.pth (Connection refused' in msg
@@ -416,7 +421,7 @@ def test_unsafe_tar_is_refused(tmp_path, server, bad):
                          registry=small_registry(sources=('tar',)), **FAST)
     msg = str(e.value)
     assert 'refused' in msg and 'unsafe member' in msg and repr(bad[0]) in msg
-    assert listing(dest) == []                               # archive deleted, nothing extracted
+    assert not dest.exists()         # archive deleted, nothing extracted, the folder made for it removed
     assert not (tmp_path / 'evil.pth').exists() and not (tmp_path / 'a' / 'evil.pth').exists()
 
 
@@ -454,7 +459,7 @@ def test_downloaded_pickle_that_runs_code_is_refused(tmp_path, server):
         T.fetch_teachers(['resnet56'], dest=str(dest), mirror=server.base,
                          registry=small_registry(sources=('file',)), **FAST)
     assert not marker.exists()
-    assert listing(dest) == []
+    assert not dest.exists()
 
 
 def test_wrong_architecture_download_is_not_installed(tmp_path, server):
@@ -464,7 +469,7 @@ def test_wrong_architecture_download_is_not_installed(tmp_path, server):
         T.fetch_teachers(['resnet56'], dest=str(dest), mirror=server.base,
                          registry=small_registry(sources=('tar',)), **FAST)
     assert 'resnet20' in str(e.value) and 'not resnet8' in str(e.value)
-    assert listing(dest) == []
+    assert not dest.exists()
 
 
 def test_mirror_from_environment_and_local_folder(tmp_path, server, monkeypatch):
@@ -506,8 +511,43 @@ def test_cli_real_registry_via_mirror(tmp_path, server, capsys):
     # an unreachable teacher: one line on stderr, exit 2
     rc = cli.main(['vgg13', '--dest', str(dest), '--mirror', server.base, '--retries', '0'])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith('error: could not fetch teacher vgg13')
-    assert f'{server.base}/vgg13_vanilla/ckpt_epoch_240.pth' in err[0]
+    assert rc == 2 and len(err) == 1 and err[0].startswith('error: vgg13: not fetched (')
+    assert server.base not in err[0]
+    rc = cli.main(['vgg13', '--dest', str(dest), '--mirror', server.base, '--retries', '0', '-v'])
+    out, err = capsys.readouterr()
+    assert rc == 2 and f'{server.base}/vgg13_vanilla/ckpt_epoch_240.pth' in err
+    assert f'downloading {server.base}/cifar_teachers.tar' in out
+
+
+def _closed_port():
+    sock = socket.socket()
+    sock.bind(('127.0.0.1', 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def test_cli_offline_one_short_line_per_teacher_and_no_folder_left(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    mirror = f'http://127.0.0.1:{_closed_port()}'
+    assert cli.main(['--mirror', mirror, '--retries', '0']) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == '' and len(lines) == len(NAMES) + 1, err
+    for name, line in zip(NAMES, lines):
+        assert line.startswith(f'error: {name}: not fetched (offline? 127.0.0.1:') and 'Connection refused' in line
+        assert 'http' not in line and len(line) < 200, line
+        assert f'put the file at {os.path.join("save", "teacher_model", "cifar100", name)}_vanilla.pth' in line
+    assert lines[-1].startswith(f'error: {len(NAMES)} of {len(NAMES)} teachers could not be fetched')
+    assert listing(tmp_path) == []                                  # no save/teacher_model/cifar100/ left
+    assert cli.main(['resnet56', '--mirror', mirror, '--retries', '0', '-v']) == 2
+    assert f'{mirror}/resnet56_vanilla/ckpt_epoch_240.pth (Connection refused' in capsys.readouterr().err
+    # a folder that existed, empty or not, stays
+    (tmp_path / 'save' / 'teacher_model' / 'cifar100').mkdir(parents=True)
+    (tmp_path / 'save' / 'notes.txt').write_text('mine')
+    assert cli.main(['resnet56', '--mirror', mirror, '--retries', '0']) == 2
+    assert listing(tmp_path / 'save') == ['notes.txt', 'teacher_model']
+    assert listing(tmp_path / 'save' / 'teacher_model') == ['cifar100']
 
 
 def test_cli_unknown_name(tmp_path, capsys):
@@ -593,7 +633,7 @@ def test_a_file_that_fails_the_prefix_is_not_installed(tmp_path, server):
     with pytest.raises(UserError) as e:
         T.fetch_teachers(['resnet34_imagenet'], dest=str(dest), mirror=server.base, **FAST)
     assert 'b627a593' in str(e.value) and 'registry' in str(e.value) and '\n' not in str(e.value)
-    assert listing(dest) == []
+    assert not dest.exists()
 
 
 def test_imagenet_teacher_placed_by_hand(tmp_path):
