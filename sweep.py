@@ -1,12 +1,15 @@
 """Run the paper's tables as a sweep: every (method, pair, seed) of the grid as its own run.
 
-    python sweep.py --table similar --methods kd ours vanilla --seeds 3 --executor local
+    python sweep.py --table similar --methods kd ours dkd vanilla --seeds 3 --executor local
     python sweep.py --table all --seeds 3 --executor slurm --partition gpu --time 24:00:00
     python sweep.py --pairs res110_res20 --methods kd --seeds 2 --dry-run --set epochs 1 lr_decay_epochs 1
     python sweep.py --table all --seeds 3 --runs-per-gpu 4 --set fast True amp bf16 cuda_graph True
 
-A run is one shipped config (configs/kds/<method>/<pair>.yaml, or for the `vanilla` row
-configs/train_vanilla/<student>.yaml through train_teacher.py) with `seed <s>`, its own
+The rows are the paper's nine methods and vanilla by default; `--methods` takes any folder of
+configs/kds/ (every method that ships configs: dkd, reviewkd, kd_ls, ...), a plugin's own
+(`--configs DIR`, laid out as configs/), or `all`. A run is one shipped config
+(configs/kds/<method>/<pair>.yaml, or for the `vanilla` row configs/train_vanilla/<student>.yaml
+through train_teacher.py) with `seed <s>`, its own
 save_folder `<save_root>/<table>/<method>/<pair or student>/seed_<s>` and the `--set` overrides.
 Finished runs (latest.pth finished at the configured epochs) are skipped; interrupted ones are
 launched again and resume by themselves. `--executor local` runs one process per visible GPU
@@ -35,8 +38,8 @@ from dataclasses import dataclass, field
 from helper import packing
 from helper.cli import run_main
 from common.errors import UserError
-from helper.grid import (METHODS, ROOT, TABLES, VANILLA, diverged, method_config, pair_models, paper, run_state,
-                         vanilla_config)
+from helper.grid import (ROOT, TABLES, VANILLA, diverged, method_config, method_folders, pair_models, paper,
+                         paper_rows, run_state, vanilla_config)
 
 SWEEP_SETS = ("seed", "save_folder")  # keys the sweep sets for every run itself
 OUTPUT = "stdout.txt"  # the console output of a local run, appended in its run folder
@@ -82,7 +85,11 @@ def parse_args(argv):
         epilog="\n".join(__doc__.strip().splitlines()[2:5]))
     p.add_argument("--table", default="all", choices=(*TABLES, "all"), help="which table (default: all)")
     p.add_argument("--methods", nargs="+", default=None, metavar="M",
-                   help=f"rows to run: {' '.join(METHODS)} {VANILLA} (default: all of them)")
+                   help=f"rows to run: {' '.join(rows(paper()))} (the folders of configs/kds/), those of --configs, "
+                        f"or all (default: the paper's nine and vanilla)")
+    p.add_argument("--configs", nargs="+", action="extend", default=[], metavar="DIR",
+                   help="folders laid out as configs/ (kds/<method>/<pair>.yaml, train_vanilla/) whose methods "
+                        "are rows too: a plugin's own configs")
     p.add_argument("--pairs", nargs="+", default=None, metavar="PAIR",
                    help="columns to run, e.g. resnet32x4_resnet8x4 (default: every pair of the table)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell (default: 3)")
@@ -148,13 +155,14 @@ def _unknown(kind, name, valid):
 
 def plan(args):
     """The runs of the grid selected by `args`, in table order, each checked by loading its config."""
-    data = paper()["tables"]
+    data = paper()
     tables = TABLES if args.table == "all" else (args.table,)
-    valid_methods = (*METHODS, VANILLA)
-    methods = args.methods or list(valid_methods)
+    valid_methods = rows(data, args.configs)
+    methods = valid_methods if args.methods == ["all"] else args.methods or [*paper_rows(data), VANILLA]
     for m in methods:
         if m not in valid_methods:
-            raise _unknown("method", m, valid_methods)
+            raise _unknown("method", m, [*valid_methods, "all"])
+    data = data["tables"]
     all_pairs = [p for t in tables for p in data[t]["pairs"]]
     for p in args.pairs or ():
         if p not in all_pairs:
@@ -168,9 +176,10 @@ def plan(args):
         for method in (m for m in valid_methods if m in methods):
             for pair in pairs:
                 if method == VANILLA:
-                    cfg_path, script, cell = vanilla_config(pair_models(pair)[1]), "train_teacher.py", pair_models(pair)[1]
+                    model = pair_models(pair)[1]
+                    cfg_path, script, cell = vanilla_config(model, args.configs), "train_teacher.py", model
                 else:
-                    cfg_path, script, cell = method_config(method, pair), "train_student.py", pair
+                    cfg_path, script, cell = method_config(method, pair, args.configs), "train_student.py", pair
                     if cfg_path is None:
                         notes.append((method, pair))
                         continue
@@ -188,10 +197,16 @@ def plan(args):
         raise UserError("the selection holds no run: check --table, --methods and --pairs")
     for method in dict.fromkeys(m for m, _ in notes):
         pairs = ", ".join(p for m, p in notes if m == method)
-        print(f"note: {method} has no config (N/A in the paper) for {pairs}: left out")
+        print(f"note: {method} has no config for {pairs}: left out")
     for run in runs:
         resolve(run)
     return runs
+
+
+def rows(data, roots=()):
+    """Every row a sweep can run: the paper's methods, then every other folder of shipped configs
+    (configs/kds/ and `roots`), then vanilla."""
+    return list(dict.fromkeys([*paper_rows(data), *method_folders(roots), VANILLA]))
 
 
 def resolve(run):

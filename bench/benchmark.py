@@ -80,7 +80,7 @@ from common.errors import UserError  # noqa: E402
 from dataset.synthetic import write_synthetic_cifar100  # noqa: E402
 from helper import packing  # noqa: E402
 from helper.config import load_config  # noqa: E402
-from helper.grid import METHODS, TABLES, method_config, pair_models, paper  # noqa: E402
+from helper.grid import TABLES, method_config, pair_models, paper, paper_rows  # noqa: E402
 from helper.session import Session, check_method  # noqa: E402
 from helper.trainer import Trainer  # noqa: E402
 from models import model_dict  # noqa: E402
@@ -447,9 +447,9 @@ def measure_packing(k, device, data_dir, args):
 
 def paper_runs():
     """(method cells, vanilla students, teachers) of the paper's two tables, from configs/."""
-    tables = paper()["tables"]
-    pairs = [p for t in TABLES for p in tables[t]["pairs"]]
-    cells = sum(method_config(m, p) is not None for p in pairs for m in METHODS)
+    data = paper()
+    pairs = [p for t in TABLES for p in data["tables"][t]["pairs"]]
+    cells = sum(method_config(m, p) is not None for p in pairs for m in paper_rows(data))
     return cells, len({pair_models(p)[1] for p in pairs}), len({pair_models(p)[0] for p in pairs})
 
 

@@ -6,7 +6,9 @@
 The config accepts a knob when its method is selected, coerced to the type of its default;
 a value its rule refuses is one line before any run folder exists, and the method battery
 (helper/battery.py) checks that each rule's `violations` are refused. Two methods that declare
-one name must mean the same thing by it (`Knob.meaning`): share the Knob object.
+one name must mean the same thing by it (`Knob.meaning`): share the Knob object. A knob declared
+`variant=True` (logit_stand, ctkd_over, sdd_base) names another method when it leaves its default:
+sweep.py and report.py give such runs a row of their own (helper/grid.py `row_of`).
 """
 import dataclasses
 from typing import Any, Callable, Optional
@@ -46,6 +48,7 @@ class Knob:
     default: Any
     doc: str
     rule: Optional[Rule] = None
+    variant: bool = False  # a value other than the default makes another method of the tables (report.py's rows)
 
     @property
     def meaning(self):

@@ -165,7 +165,7 @@ class InitStage(NamedTuple):
 
 
 LOGIT_STAND = Knob("logit_stand", False, "KD, DKD, CTKD, MLKD: z-score each sample's logits over the classes "
-                                         "before the temperature (logit standardisation, CVPR 2024)")
+                                         "before the temperature (logit standardisation, CVPR 2024)", variant=True)
 WARMUP_EPOCHS = Knob("warmup_epochs", 20, "DKD, ReviewKD, RLD, LumiNet, SDD over dkd or nkd: the method's loss "
                      "ramps up as min(epoch / warmup_epochs, 1)", non_negative)
 

@@ -61,7 +61,8 @@ class ScaleGradient(torch.autograd.Function):
 
 class CTKD(Distiller):
     knobs = (
-        Knob("ctkd_over", "kd", "CTKD: the loss taken at the learnt temperature, kd or dkd", one_of("kd", "dkd")),
+        Knob("ctkd_over", "kd", "CTKD: the loss taken at the learnt temperature, kd or dkd", one_of("kd", "dkd"),
+             variant=True),
         Knob("ctkd_t_start", 1.0, "CTKD: T = ctkd_t_start + ctkd_t_end * sigmoid(theta)", positive),
         Knob("ctkd_t_end", 20.0, "CTKD: the range of the learnt temperature above ctkd_t_start", non_negative),
         Knob("ctkd_lambda_max", 0.0, "CTKD: the reversal strength's cosine schedule starts here (epoch 0)"),

@@ -78,7 +78,7 @@ def nkd_rows(s, t, target, T, gamma):
 class SDD(Distiller):
     knobs = (
         Knob("sdd_scales", "1,2", "SDD: pyramid levels of the pooled map (its --M)", one_of("1", "1,2", "1,2,4")),
-        Knob("sdd_base", "kd", "SDD: the logit loss of each region", one_of("kd", "dkd", "nkd")),
+        Knob("sdd_base", "kd", "SDD: the logit loss of each region", one_of("kd", "dkd", "nkd"), variant=True),
         DKD_ALPHA,
         DKD_BETA,
         WARMUP_EPOCHS,

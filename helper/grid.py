@@ -1,12 +1,22 @@
-"""The paper's grid (tables, pairs, methods) and reading run folders: shared by sweep.py and report.py.
+"""The grid of sweep.py and report.py (tables, pairs, method rows) and reading run folders.
 
-* `paper()` is `configs/paper_results.json`; `pair_models(pair)` the (teacher, student) of a pair,
-  read from its shipped configs; `method_config` / `vanilla_config` the shipped config files.
+* `paper()` is `configs/paper_results.json`; `paper_rows(data)` the method rows of its two tables.
+* A method row is a folder `kds/<row>/` of shipped configs, one `<pair>.yaml` per pair: under
+  `configs/` and under each folder of `roots` (a plugin's own config folder, `--configs`).
+  `method_folders(roots)` finds every one, `method_config(row, pair, roots)` its file for a pair.
+  Nothing here lists methods: a new method's folder is a new row.
+* `row_of(config)` is what a config runs as a row of the tables: the method's class (resolved
+  through the registry, so aliases meet: hint and fitnet are one), its knobs declared
+  `variant` that leave their default (logit_stand, ctkd_over, sdd_base) and the optimizer when
+  not sgd; `row_names(roots)` maps it to the folder that ships it.
+* `pair_models(pair)` the (teacher, student) of a pair, read from its shipped configs;
+  `vanilla_config(model, roots)` the student-alone config.
 * `run_state(folder, epochs)` says whether a run folder is new, unfinished or finished
   (latest.pth `finished` and `epoch == epochs`) without loading any weights.
 * `read_config(folder)` / `read_log(folder)` read `config.yaml` and the `epoch N key value ...`
   lines of `log.txt`.
 """
+import functools
 import json
 import math
 import os
@@ -20,18 +30,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
 PAPER_FILE = os.path.join(CONFIGS, "paper_results.json")
 TABLES = ("similar", "different")
-METHODS = ("kd", "fitnet", "at", "fsp", "rkd", "cc", "sp", "crd", "ours")
 VANILLA = "vanilla"   # the vanilla-student row: the student trained alone (train_teacher.py)
-# config.yaml `distill` (lower-cased) -> the method key of the tables
-DISTILL_TO_METHOD = {
-    "kd": "kd", "hkd": "kd", "hint": "fitnet", "fitnet": "fitnet", "attention": "at", "at": "at",
-    "similarity": "sp", "sp": "sp", "correlation": "cc", "cc": "cc", "rkd": "rkd", "fsp": "fsp",
-    "crd": "crd", "askd": "ours", "ours": "ours",
-}
 
 
 def paper(path=PAPER_FILE):
-    """The published figures: {'rule': ..., 'tables': {table: {pairs, teacher, student, methods}}}."""
+    """The published figures: {'rule': ..., 'tables': {table: {pairs, teacher, student, methods}}, 'others'}."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -40,6 +43,11 @@ def paper(path=PAPER_FILE):
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON ({e})") from None
     return data
+
+
+def paper_rows(data):
+    """The method rows of the paper's tables, in the paper's order (a row of either table)."""
+    return list(dict.fromkeys(row for table in TABLES for row in data["tables"][table]["methods"]))
 
 
 def paper_figure(table, row, pair):
@@ -53,14 +61,84 @@ def paper_figure(table, row, pair):
     return None if values is None else values[spec["pairs"].index(pair)]
 
 
-def method_config(method, pair):
-    """configs/kds/<method>/<pair>.yaml, or None when the method has no config for the pair."""
-    path = os.path.join(CONFIGS, "kds", method, f"{pair}.yaml")
-    return path if os.path.isfile(path) else None
+# ----------------------------------------------------------------------------- method rows
+
+@functools.lru_cache(maxsize=None)
+def _folders(roots):
+    found = {}
+    for root in (CONFIGS, *roots):
+        kds = os.path.join(root, "kds")
+        if root != CONFIGS and not os.path.isdir(kds):
+            raise UserError(f"--configs {root} holds no kds/ folder: give a folder laid out as configs/, "
+                            f"with kds/<method>/<pair>.yaml")
+        for name in sorted(os.listdir(kds)):
+            folder = os.path.join(kds, name)
+            if not os.path.isdir(folder) or not any(f.endswith(".yaml") for f in os.listdir(folder)):
+                continue
+            if name in found:
+                raise UserError(f"method '{name}' ships configs in both {found[name]} and {folder}: rename one")
+            found[name] = folder
+    return found
 
 
-def vanilla_config(model):
+def method_folders(roots=()):
+    """{row: folder} of every `kds/<row>/` holding a config, under configs/ then each of `roots`."""
+    return dict(_folders(tuple(os.path.abspath(r) for r in roots)))
+
+
+def method_config(method, pair, roots=()):
+    """The shipped config of `method` for `pair` (kds/<method>/<pair>.yaml), or None."""
+    folder = method_folders(roots).get(method)
+    path = folder and os.path.join(folder, f"{pair}.yaml")
+    return path if path and os.path.isfile(path) else None
+
+
+def vanilla_config(model, roots=()):
+    """train_vanilla/<model>.yaml of the first root that has it (configs/ first)."""
+    for root in (CONFIGS, *roots):
+        path = os.path.join(root, "train_vanilla", f"{model}.yaml")
+        if os.path.isfile(path):
+            return path
     return os.path.join(CONFIGS, "train_vanilla", f"{model}.yaml")
+
+
+def row_of(config):
+    """(method, variants): what a config (a dict) runs as a row of the tables. method is the class
+    of `distill` (its name when it does not resolve here: a plugin not installed); variants the
+    (key, value) of its knobs declared `variant` that leave their default, then the optimizer
+    when not sgd."""
+    from common.knobs import declared_knobs
+    from common.resolve import add_plugin_paths
+    from distillers import method_class
+    name = str(config.get("distill", ""))
+    add_plugin_paths([p for p in str(config.get("plugin_path") or "").split(",") if p.strip()])
+    try:
+        method = method_class(name)[0]
+        knobs = declared_knobs(method).values()
+    except UserError:
+        method, knobs = name, ()
+    variants = [(k.name, config[k.name]) for k in knobs if k.variant and config.get(k.name, k.default) != k.default]
+    optimizer = str(config.get("optimizer", "sgd")).lower()
+    return method, tuple(variants) + ((("optimizer", optimizer),) if optimizer != "sgd" else ())
+
+
+def row_names(roots=()):
+    """{row_of(config): row} over the shipped folders (each read from its first config)."""
+    from .config import read_yaml
+    names = {}
+    for row, folder in method_folders(roots).items():
+        first = sorted(f for f in os.listdir(folder) if f.endswith(".yaml"))[0]
+        names.setdefault(row_of(read_yaml(os.path.join(folder, first))), row)
+    return names
+
+
+def row_name(config, names):
+    """The row of a run's config: the folder that ships its method, else `distill` and its variants
+    in words (a method with no shipped configs: `pkt optimizer dot`)."""
+    key = row_of(config)
+    if key in names:
+        return names[key]
+    return " ".join([str(config.get("distill", "?")), *(f"{k} {v}" for k, v in key[1])])
 
 
 _PAIR_MODELS = {}
@@ -70,7 +148,7 @@ def pair_models(pair):
     """(model_t, model_s) of `pair`, read from the first shipped method config of it."""
     if pair not in _PAIR_MODELS:
         from .config import read_yaml
-        for method in METHODS:
+        for method in method_folders():
             path = method_config(method, pair)
             if path:
                 data = read_yaml(path)

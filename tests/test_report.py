@@ -8,10 +8,12 @@ import pytest
 import torch
 
 import report
+import sweep
 from helper.checkpoint import load_checkpoint, save_atomic
 from helper.config import dump, load_config
-from helper.grid import CONFIGS, parse_log, read_config, read_log
+from helper.grid import CONFIGS, method_folders, parse_log, read_config, read_log, row_names
 from models import model_dict
+from plugin_fixtures import GOOD
 from runs import call_cli, run_script
 
 TINY = ["dataset", "synthetic", "synthetic_train_size", "64", "synthetic_test_size", "32", "epochs", "2",
@@ -32,6 +34,13 @@ def rows_of(text, table="similar"):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             rows[cells[0]] = cells[1:]
     return rows
+
+
+def dataset_rows(text, name):
+    """{row label: [cell texts]} and the column headers of the table of data set `name`."""
+    part = text.split(f"## {name}: runs outside the paper's tables")[1].split("\n## ")[0]
+    header = next(line for line in part.splitlines() if line.startswith("| |"))
+    return other_rows(part), [c.strip() for c in header.strip().strip("|").split("|")[1:]]
 
 
 def other_rows(part):
@@ -111,7 +120,9 @@ def test_teacher_and_vanilla_rows_from_teacher_runs(tmp_path):
     assert similar["Teacher"][0] == "paper 74.31"   # no run: the paper's figure only
     assert different["Teacher"][3:5] == ["80.00 (n=1); paper 79.42; Δ +0.58"] * 2   # res32x4 -> ShuffleV1/V2
     assert different["Student (vanilla)"][:2] == ["64.00 (n=1); paper 65.45; Δ -1.45"] * 2  # both MobileNetV2 pairs
-    assert "## Runs left out" in out and "model resnet56 is neither a teacher nor a student" in out
+    rows, columns = dataset_rows(out, "cifar100")   # no pair of the paper: a table of its own
+    assert columns == ["resnet56"] and rows == {"Student (vanilla)": ["70.00 (n=1)"]}
+    assert "## Runs left out" not in out
 
 
 def test_unfinished_runs_are_listed_not_averaged(tmp_path):
@@ -145,14 +156,22 @@ def test_rule_last_needs_the_final_epoch_line(tmp_path):
 
 
 def test_datasets_are_not_mixed(tmp_path):
+    """A run on another data set never fills the paper's cells: its data set has its own table,
+    where the vanilla runs of its teacher and student join its pair's column."""
     make_run(tmp_path / "a", KD, [70.0])
     make_run(tmp_path / "b", KD, [10.0], extra=("dataset", "synthetic"))
+    make_run(tmp_path / "t", "train_vanilla/resnet32x4.yaml", [30.0], kind="teacher", extra=("dataset", "synthetic"))
+    make_run(tmp_path / "s", "train_vanilla/resnet8x4.yaml", [5.0], kind="teacher", extra=("dataset", "synthetic"))
     code, out = call([str(tmp_path)])
-    assert code == 2 and out.strip() == (f"error: {tmp_path} holds runs on several datasets "
-                                         f"(cifar100: 1, synthetic: 1): pick one with --dataset")
+    assert code == 0, out
+    assert rows_of(out)["KD"][2] == "70.00 (n=1); paper 74.54; Δ -4.54"
+    assert rows_of(out)["Teacher"][2] == "paper 79.42"   # the synthetic teacher is not CIFAR-100's
+    rows, columns = dataset_rows(out, "synthetic")
+    assert columns == ["resnet32x4 → resnet8x4"]
+    assert rows == {"Teacher": ["30.00 (n=1)"], "Student (vanilla)": ["5.00 (n=1)"], "KD": ["10.00 (n=1)"]}
     code, out = call([str(tmp_path), "--dataset", "synthetic"])
-    assert code == 0 and rows_of(out)["KD"][2].startswith("10.00 (n=1)")
-    assert "Dataset: **synthetic**" in out
+    assert code == 0 and "# Top-1 (%) of the runs under" in out and "## Teacher and student of" not in out
+    assert dataset_rows(out, "synthetic")[0]["KD"] == ["10.00 (n=1)"]
 
 
 def test_parse_log_and_plain_yaml_config(tmp_path):
@@ -201,9 +220,9 @@ def test_third_table_other_methods_published_and_run(tmp_path):
     assert rows["DKD [dkd]"][:3] == ["paper 74.11", "N/A", "paper 76.32"]
     assert rows["NST [crd]"][5] == "paper 58.16" and rows["FT [crd]"][10] == "paper 72.03"
     assert "- [crd] Tian et al., Contrastive Representation Distillation" in part
-    assert "method 'pkt' with optimizer dot is not a row of the tables" in out
+    assert rows["pkt optimizer dot"][2] == "1.00 (n=1); paper N/A"   # a variant no folder ships: its own row
     assert rows["OFD [none]"][8] == "77.50 (n=1); paper N/A" and rows["OFD [none]"][0] == "N/A"
-    assert "6 found, 5 finished and averaged" in out
+    assert "6 found, 6 finished and averaged" in out
 
 
 def test_empty_root_gives_the_paper_tables(tmp_path):
@@ -247,13 +266,14 @@ def test_report_of_real_runs(real_runs, tmp_path):
     assert "4 found, 3 finished and averaged, 1 unfinished" in md
     vanilla = [max(f["test_acc"] for f in read_log(str(real_runs / f"vanilla_{s}")).values()) for s in (0, 1)]
     mean, std = statistics.fmean(vanilla), statistics.stdev(vanilla)
-    rows = rows_of(md)
-    assert rows["Student (vanilla)"][1] == f"{mean:.2f} ± {std:.2f} (n=2); paper 69.31; Δ {round(mean, 2) - 69.31:+.2f}"
-    assert rows["KD"][1].startswith(f"{max(f['test_acc'] for f in read_log(str(real_runs / 'kd_0')).values()):.2f} (n=1)")
+    rows, columns = dataset_rows(md, "synthetic")   # synthetic data: the table of its own, not the paper's
+    assert columns == ["resnet110 → resnet20"] and "## Teacher and student of" not in md
+    assert rows["Student (vanilla)"] == [f"{mean:.2f} ± {std:.2f} (n=2)"]
+    assert rows["KD"] == [f"{max(f['test_acc'] for f in read_log(str(real_runs / 'kd_0')).values()):.2f} (n=1)"]
     assert f"| `{real_runs / 'vanilla_2'}` | vanilla resnet20 | epoch 2 of 2 |" in md   # logged 2, saved 1
     code, text = call([str(real_runs), "--rule", "last"])
     last = [read_log(str(real_runs / f"vanilla_{s}"))[2]["test_acc"] for s in (0, 1)]
-    assert rows_of(text)["Student (vanilla)"][1].startswith(f"{statistics.fmean(last):.2f} ±")
+    assert dataset_rows(text, "synthetic")[0]["Student (vanilla)"][0].startswith(f"{statistics.fmean(last):.2f} ±")
 
 
 def test_plot_of_real_runs(real_runs, tmp_path):
@@ -302,3 +322,43 @@ def test_the_classifier_methods_meet_their_published_figures(tmp_path):
     assert "76.00 (n=1); paper N/A" in rows["CAT-KD [catkd_unchecked]"]
     assert "75.00 (n=1); paper N/A" in rows["SRD [srd_imagenet]"]
     assert "is not a row" not in out
+
+
+def test_every_shipped_folder_is_its_own_row():
+    """Each folder of configs/kds/ runs as a row no other folder runs as (row_of tells them apart)."""
+    names = row_names()
+    assert sorted(names.values()) == sorted(method_folders())
+
+
+def test_a_new_method_is_in_the_sweep_and_the_report(tmp_path):
+    """A method nobody listed (a plugin with its own config folder) is a row of a dry-run sweep
+    and of the rendered report: nothing names the methods but the registry and the config tree."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "logit_mse_plugin.py").write_text(GOOD)
+    folder = tmp_path / "my_configs" / "kds" / "logit_mse"
+    folder.mkdir(parents=True)
+    shipped = open(os.path.join(CONFIGS, "kds", "kd", "res110_res20.yaml")).read()
+    assert "distill: 'kd'" in shipped
+    (folder / "res110_res20.yaml").write_text(
+        shipped.replace("distill: 'kd'", "distill: 'logit_mse_plugin:LogitMSE'")
+        + f"plugin_path: '{plugins}'\nmse_weight: 2\n")
+    roots = ["--configs", str(tmp_path / "my_configs")]
+    code, out = call_cli(sweep, ["--methods", "logit_mse", "vanilla", "--pairs", "res110_res20", "--seeds", "2",
+                                 "--dry-run", "--save_root", str(tmp_path / "sweep"), *roots])
+    assert code == 0, out
+    assert "dry run: 4 run(s)" in out and "similar/logit_mse/res110_res20/seed_1" in out
+    code, out = call_cli(sweep, ["--methods", "all", "--pairs", "res110_res20", "--seeds", "1", "--dry-run",
+                                 "--save_root", str(tmp_path / "sweep"), *roots])
+    assert code == 0 and "similar/logit_mse/res110_res20/seed_0" in out and "similar/dkd/res110_res20" in out
+    code, out = call_cli(sweep, ["--methods", "logit_mse", "--dry-run", "--save_root", str(tmp_path / "sweep")])
+    assert code == 2 and "unknown method 'logit_mse'" in out   # its folder not given
+
+    make_run(tmp_path / "runs" / "mse", str(folder / "res110_res20.yaml"), [70.5])
+    code, out = call([str(tmp_path / "runs"), *roots])
+    assert code == 0, out
+    rows = other_rows(out.split("## Other methods, published elsewhere")[1].split("\n## ")[0])
+    assert rows["logit_mse"][1] == "70.50 (n=1); paper N/A" and rows["logit_mse"][0] == "N/A"
+    code, out = call([str(tmp_path / "runs")])   # without its folder: the row is named by `distill`
+    rows = other_rows(out.split("## Other methods, published elsewhere")[1].split("\n## ")[0])
+    assert rows["logit_mse_plugin:LogitMSE"][1] == "70.50 (n=1); paper N/A" and "logit_mse" not in rows

@@ -103,11 +103,11 @@ def test_report_of_the_sweep(swept, tmp_path):
     assert report.main([swept["save_root"], "--out", str(out)]) == 0
     text = out.read_text()
     assert "4 finished and averaged, 0 unfinished" in text
-    similar = text.split("## Teacher and student of different")[0]
-    rows = {line.split("|")[1].strip(): line for line in similar.splitlines() if line.startswith("| ")}
+    part = text.split("## synthetic: runs outside the paper's tables")[1]   # synthetic data: not the paper's cells
+    rows = {line.split("|")[1].strip(): line for line in part.splitlines() if line.startswith("| ")}
+    assert "| | resnet110 → resnet20 |" in part and "## Teacher and student of" not in text
     for row in ("ASKD (ours)", "Student (vanilla)"):
         assert rows[row].count("(n=2)") == 1, rows[row]
-    assert "paper 69.31" in rows["Student (vanilla)"] and "paper 71.54" in rows["ASKD (ours)"]
 
 
 def test_failed_run_is_reported_with_its_error(tiny, monkeypatch):
@@ -192,7 +192,7 @@ def test_dry_run_lists_runs_and_launches_nothing(tmp_path):
     assert code == 0, out
     # fsp: 4 pairs of the similar table; vanilla: 5 + 4 students (MobileNetV2, ShuffleV1 shared by 2 pairs)
     assert "dry run: 13 run(s): 13 to launch (0 resumed), 0 skipped" in out
-    assert "note: fsp has no config (N/A in the paper) for wrn-40-2_wrn-40-1, vgg13_mobilenetv2" in out
+    assert "note: fsp has no config for wrn-40-2_wrn-40-1, vgg13_mobilenetv2" in out
     assert "different/vanilla/MobileNetV2/seed_0" in out and "train_teacher.py" in out
     assert "warning: teacher checkpoint ./save/teacher_model/cifar100/resnet110_vanilla.pth" in out or \
         os.path.exists("save/teacher_model/cifar100/resnet110_vanilla.pth")
