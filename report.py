@@ -222,19 +222,20 @@ def render(root, runs, data, rule, grid):
     datasets = list(dict.fromkeys(t.split(":", 1)[1] for t, _, _ in cells if t.startswith("dataset:")))
     in_paper = any(t in TABLES for t, _, _ in cells)
     paper_rule = data.get("rule", "best")
+    show_paper = in_paper or not datasets
     lines = [
-        "# ASKD reproduction: CIFAR-100 top-1 (%)" if in_paper or not datasets else
-        f"# Top-1 (%) of the runs under `{root}`", "",
+        "# ASKD reproduction: CIFAR-100 top-1 (%)" if show_paper else f"# Top-1 (%) of the runs under `{root}`", "",
         f"Runs under `{root}`: {len(runs)} found, {len(ok)} finished and averaged, "
         f"{len(unfinished)} unfinished (not averaged), {len(gone)} diverged (not averaged), "
         f"{len(other)} unreadable or left out.", "",
-        f"Rule: **{rule}** ({RULES[rule]}). The paper's figures use the rule **{paper_rule}** "
-        f"(the ASKD code kept the best test epoch; the CRD repository reported the last epoch).", "",
-        "Each cell: mean ± sample standard deviation over the finished runs (n = their number; "
-        "usually one per seed); the paper's figure; Δ = mean − paper. "
-        "Teacher rows without runs show the paper's figure only.", ""]
+        f"Rule: **{rule}** ({RULES[rule]})." + (
+            f" The paper's figures use the rule **{paper_rule}** (the ASKD code kept the best test epoch; the "
+            f"CRD repository reported the last epoch)." if show_paper else ""), "",
+        "Each cell: mean ± sample standard deviation over the finished runs (n = their number; usually one per "
+        "seed)" + ("; the paper's figure; Δ = mean − paper. Teacher rows without runs show the paper's figure only."
+                   if show_paper else "."), ""]
     notes = []
-    if in_paper or not datasets:
+    if show_paper:
         for table in TABLES:
             spec = tables[table]
             pairs = spec["pairs"]
