@@ -192,6 +192,18 @@ def test_the_example_package_installed_trains_resumes_and_passes_check_method(sy
                   "lr_decay_epochs", 1)
     assert resumed.returncode == 0 and "resuming after epoch 1" in resumed.stdout, resumed.stderr
 
+    own = package / "configs"   # its kds/embed_cos/ folder: a row of the sweep and of the report
+    swept = run(os.path.join(ROOT, "sweep.py"), "--configs", own, "--methods", "embed_cos", "--table", "similar",
+                "--seeds", 1, "--dry-run", "--save_root", tmp_path / "sweep")
+    assert swept.returncode == 0 and "similar/embed_cos/resnet32x4_resnet8x4/seed_0" in swept.stdout, swept.stderr
+    reported = run(os.path.join(ROOT, "report.py"), work / "save", "--configs", own)
+    assert reported.returncode == 0, reported.stderr
+    table = reported.stdout.split("## synthetic: runs outside the paper's tables")[1]
+    assert "| | resnet14 → tiny_cnn |" in table and "| embed_cos | " in table
+    (tmp_path / "empty").mkdir()
+    empty = run(os.path.join(ROOT, "report.py"), tmp_path / "empty", "--configs", own)
+    assert "| embed_cos | N/A | N/A |" in empty.stdout   # its row of the third table: no run, no figure
+
     checked = run(os.path.join(ROOT, "check_method.py"), "embed_cos", "--pairs", "resnet14:tiny_cnn", "--json")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     report = json.loads(checked.stdout.strip().splitlines()[-1])
