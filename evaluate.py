@@ -1,6 +1,6 @@
 """Score a checkpoint on the test split of its data set: top-1, top-5 and loss.
 
-    python evaluate.py CKPT [-cfg FILE] [KEY VALUE ...]
+    python evaluate.py CKPT [-cfg FILE] [KEY VALUE ...] [--check]
     python evaluate.py CKPT --model NAME --dataset NAME [--json] [--batch-size N] [--device D]
 
 CKPT: any checkpoint of a run folder (<model>_best.pth, <model>_last.pth, ckpt_epoch_N.pth,
@@ -10,15 +10,22 @@ its keys and the data set by its number of classes; --model and --dataset say it
 """
 import argparse
 import json
+import sys
 
+from helper.check import check_evaluation
 from helper.cli import run_main
 from helper.evaluate import evaluate_checkpoint
 
+EXAMPLE = ("example (the student of the README's quick start):\n"
+           "  python evaluate.py save/quickstart/student/resnet8_best.pth --json")
+CHECK_HELP = ("resolve the checkpoint, config, model and data set and load the model, then exit without "
+              "scoring or writing anything. Exit status: 0 all found; 1 the checkpoint or a data set that "
+              "cannot be downloaded is not there, each listed; 2 the one-line error of a wrong argument")
+
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0],
-                                     epilog="example: python evaluate.py save/teacher_model/resnet8_synthetic/"
-                                            "resnet8_last.pth --json")
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0], epilog=EXAMPLE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint file (.pth)")
     parser.add_argument("-cfg", "--cfg", metavar="FILE", help="config (default: the run's config.yaml beside CKPT)")
     parser.add_argument("--model", help="architecture, a name of models.model_dict")
@@ -26,12 +33,16 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=256, help="test batch size (default 256)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--check", action="store_true", help=CHECK_HELP)
     parser.add_argument("overrides", nargs="*", metavar="KEY VALUE", help="config overrides, e.g. data_dir ./data")
     return parser.parse_intermixed_args(argv)  # options before, between or after the KEY VALUE pairs
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.check:
+        return check_evaluation(args.checkpoint, args.cfg, args.overrides, args.model, args.dataset,
+                                args.batch_size, args.device)
     result = evaluate_checkpoint(args.checkpoint, args.cfg, args.overrides, args.model, args.dataset,
                                  args.batch_size, args.device)
     if args.json:
@@ -43,4 +54,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(lambda: sys.exit(main()))

@@ -25,6 +25,16 @@ def prepare_data(cfg):
     spec(cfg.dataset).prepare(cfg, data_root(cfg))
 
 
+def locate_data(cfg):
+    """What `prepare_data` would find, writing nothing (--check): ("found" | "made" | "missing",
+    a line), made: the run downloads or generates the files; ("unknown", ...) for a data set that
+    declares no `locate` (a plugin's)."""
+    locate = getattr(spec(cfg.dataset), "locate", None)
+    if locate is None:
+        return "unknown", f"not checked: data set {cfg.dataset} declares no locate (dataset/registry.py)"
+    return locate(cfg, data_root(cfg))
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """This rank's share of the permutation of epoch `set_epoch(e)`, drawn from (seed, e).
 

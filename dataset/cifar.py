@@ -43,9 +43,7 @@ class CifarFiles:
         (a failed download leaves no empty folder that it made)."""
         if self.is_present(root):
             return
-        first = self.path(root, self.splits["train"][0])
-        where = (f"put {self.archive} (from {self.url}) into {os.path.abspath(root)}/ "
-                 f"or extract it there so that {os.path.abspath(first)} exists")
+        where = self.where(root)
         if not download:
             raise UserError(f"{self.title} not found in {root} and download is off: {where}")
         from torchvision.datasets.utils import download_and_extract_archive  # slow import: only here
@@ -58,8 +56,22 @@ class CifarFiles:
         if not self.is_present(root):
             raise UserError(f"the {self.title} archive did not contain every file of {self.folder}/; {where}")
 
+    def where(self, root):
+        """What to do by hand: where to put the archive."""
+        first = self.path(root, self.splits["train"][0])
+        return (f"put {self.archive} (from {self.url}) into {os.path.abspath(root)}/ "
+                f"or extract it there so that {os.path.abspath(first)} exists")
+
     def prepare(self, cfg, root):
         self.ensure(root, cfg.download)
+
+    def locate(self, cfg, root):
+        """(state, line) of the files in `root` (registry.py's `locate`), downloading nothing."""
+        if self.is_present(root):
+            return "found", f"{self.title} in {root}"
+        if cfg.download:
+            return "made", f"{self.title} not in {root}: the run downloads {self.archive} from {self.url}"
+        return "missing", f"{self.title} not found in {root} and download is off: {self.where(root)}"
 
     def read(self, root, split):
         return ImageArray(*self.read_split(root, split))

@@ -20,6 +20,7 @@ FILES = cifar.CifarFiles(
     archive="cifar-10-python.tar.gz", archive_md5="c58f30108f718f92721af3b95e74349a")
 
 prepare = FILES.prepare
+locate = FILES.locate
 read = FILES.read
 read_split = FILES.read_split
 train_transform = partial(cifar.train_transform, MEAN, STD)

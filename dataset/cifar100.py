@@ -21,6 +21,7 @@ split_path = FILES.path
 is_present = FILES.is_present
 ensure_cifar100 = FILES.ensure
 prepare = FILES.prepare
+locate = FILES.locate
 read = FILES.read
 read_split = FILES.read_split
 train_transform = partial(cifar.train_transform, MEAN, STD)

@@ -4,6 +4,8 @@
     spec.num_classes, spec.image_size, spec.mean, spec.std, spec.default_dir
     spec = dataset.data_spec(cfg)     the spec of a run: an ImageFolder tree's class count, size, mean, std
     spec.prepare(cfg, root)           download (CIFAR), generate (synthetic) or check; UserError if impossible
+    spec.locate(cfg, root)            what prepare would find, writing nothing (--check): ("found" | "made" |
+                                      "missing", a line); made: the run downloads or generates the files
     spec.read(root, "train"|"test")   an ImageArray / ImageFiles (dataset/images.py)
     spec.train_transform(), spec.test_transform()   PIL image -> normalised float tensor
 
@@ -14,6 +16,7 @@ sets held on the device; 0 for ImageNet, whose fast path decodes JPEG files on t
 import dataclasses
 from typing import Callable, Optional
 
+from common.errors import UserError
 from common.resolve import resolve
 
 from . import cifar10, cifar100, imagefolder, imagenet, synthetic, tiny_imagenet
@@ -33,11 +36,24 @@ class DataSpec:
     test_transform: Callable
     pad: int                   # fast path's crop padding; 0: not held on the device
     configure: Optional[Callable] = None  # (spec, cfg, root) -> the spec of this run's files and keys
+    locate: Optional[Callable] = None     # (cfg, root) -> (state, line): --check; None: not checked
+
+
+def checking(prepare):
+    """The `locate` of a data set whose `prepare` only checks its files (nothing to download)."""
+    def locate(cfg, root):
+        try:
+            prepare(cfg, root)
+        except UserError as e:
+            return "missing", str(e)
+        return "found", f"in {root}"
+    return locate
 
 
 def _spec(name, module, default_dir, pad):
     return DataSpec(name, module.NUM_CLASSES, module.SIZE, module.MEAN, module.STD, default_dir,
-                    module.prepare, module.read, module.train_transform, module.test_transform, pad)
+                    module.prepare, module.read, module.train_transform, module.test_transform, pad,
+                    locate=getattr(module, "locate", None) or checking(module.prepare))
 
 
 _CIFAR100 = _spec("cifar100", cifar100, "./data/cifar100", pad=4)
@@ -49,12 +65,13 @@ SPECS = {spec.name: spec for spec in (
     dataclasses.replace(_spec("imagefolder", imagefolder, "./data/imagefolder", pad=0),
                         configure=imagefolder.configure),
     # CIFAR-100's files, reader and transforms; written by the generator instead of downloaded
-    dataclasses.replace(_CIFAR100, name="synthetic", default_dir="./data/synthetic", prepare=synthetic.prepare),
+    dataclasses.replace(_CIFAR100, name="synthetic", default_dir="./data/synthetic", prepare=synthetic.prepare,
+                        locate=synthetic.locate),
 )}
 NAMES = tuple(SPECS)
 
 
-FIELDS = tuple(field.name for field in dataclasses.fields(DataSpec) if field.name != "configure")
+FIELDS = tuple(field.name for field in dataclasses.fields(DataSpec) if field.default is dataclasses.MISSING)
 
 
 def _accept(obj):

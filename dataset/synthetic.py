@@ -47,14 +47,21 @@ def write_split(path, images, labels, split):
     write_atomic(path, pickle.dumps(entry, protocol=2), "the synthetic data set")
 
 
+def is_written(root, params):
+    """Whether `root` holds the data set of `params` (its stamp, written last, says so)."""
+    stamp = os.path.join(root, BASE_FOLDER, STAMP)
+    if not (is_present(root) and os.path.isfile(stamp)):
+        return False
+    with open(stamp) as f:
+        return json.load(f) == params
+
+
 def write_synthetic_cifar100(root, train_size, test_size, seed=0, noise=1.0):
     """Write the data set into `root` unless the same one is already there."""
     params = {"train_size": train_size, "test_size": test_size, "seed": seed, "noise": noise}
+    if is_written(root, params):
+        return
     stamp = os.path.join(root, BASE_FOLDER, STAMP)
-    if is_present(root) and os.path.isfile(stamp):
-        with open(stamp) as f:
-            if json.load(f) == params:
-                return
     patterns = class_patterns(seed)
     g = torch.Generator().manual_seed(seed + 1)
     for split, size in (("train", train_size), ("test", test_size)):
@@ -71,3 +78,12 @@ def write_synthetic_cifar100(root, train_size, test_size, seed=0, noise=1.0):
 def prepare(cfg, root):
     write_synthetic_cifar100(root, cfg.synthetic_train_size, cfg.synthetic_test_size,
                              seed=cfg.synthetic_seed, noise=cfg.synthetic_noise)
+
+
+def locate(cfg, root):
+    """(state, line) of the data set in `root` (registry.py's `locate`), writing nothing."""
+    params = {"train_size": cfg.synthetic_train_size, "test_size": cfg.synthetic_test_size,
+              "seed": cfg.synthetic_seed, "noise": cfg.synthetic_noise}
+    if is_written(root, params):
+        return "found", f"the synthetic data set in {root}"
+    return "made", f"the run generates it into {root} ({params['train_size']} + {params['test_size']} images)"

@@ -34,12 +34,19 @@ class Context:
         return self.rank == 0
 
 
-def init(device_name):
-    """The Context of this process; starts the process group when torchrun launched it."""
+def context():
+    """The Context of this process as torchrun's environment says, without a process group."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Context()
-    ctx = Context(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    return Context(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(device_name):
+    """The Context of this process; starts the process group when torchrun launched it."""
+    ctx = context()
+    if not ctx.enabled:
+        return ctx
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(ctx.local_rank)

@@ -103,16 +103,19 @@ def _architecture(weights, classes, path):
     return exact[0]
 
 
-def evaluate_checkpoint(checkpoint, cfg_path=None, overrides=(), model=None, dataset_name=None,
-                        batch_size=256, device="auto"):
-    """Load `checkpoint` into its architecture and score it on its data set's test split:
-    {checkpoint, model, dataset, images, top1, top5, loss}. Every bad input is a UserError."""
+def resolve(checkpoint, cfg_path=None, overrides=(), model=None, dataset_name=None, batch_size=256, device="auto"):
+    """(config, model name, whether the data set was given, config file or None, device) of an
+    evaluation, every argument checked (UserError), before the checkpoint is read."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
     cfg, name, given, cfg_path = run_config(checkpoint, cfg_path, overrides, model, dataset_name)
     if model is not None:
         get_model(model, "--model")
-    device = pick_device(device)
+    return cfg, name, given, cfg_path, pick_device(device)
+
+
+def load_model(checkpoint, cfg, name, given, cfg_path):
+    """(the checkpoint's model, in eval mode, and its name); sets cfg.dataset when not given."""
     weights = checkpoint_weights(load_checkpoint(checkpoint), checkpoint)
     if not given:
         cfg.dataset = _dataset_of(_classes(weights), checkpoint)
@@ -121,7 +124,16 @@ def evaluate_checkpoint(checkpoint, cfg_path=None, overrides=(), model=None, dat
     kwargs = cfg.model_kwargs if name == cfg.model else cfg.model_s_kwargs if name == cfg.model_s else {}
     net = build_model(name, classes, dataset.data_spec(cfg).image_size, kwargs)
     net = deployed_model(net, cfg, cfg_path, classes) if name == cfg.model_s and cfg_path else net
-    net = load_weights(net, weights, name, checkpoint).eval()
+    return load_weights(net, weights, name, checkpoint).eval(), name
+
+
+def evaluate_checkpoint(checkpoint, cfg_path=None, overrides=(), model=None, dataset_name=None,
+                        batch_size=256, device="auto"):
+    """Load `checkpoint` into its architecture and score it on its data set's test split:
+    {checkpoint, model, dataset, images, top1, top5, loss}. Every bad input is a UserError."""
+    cfg, name, given, cfg_path, device = resolve(checkpoint, cfg_path, overrides, model, dataset_name, batch_size,
+                                                 device)
+    net, name = load_model(checkpoint, cfg, name, given, cfg_path)
     result = score(net, cfg, device, batch_size, cfg.num_workers)
     why = diverged_score(result)
     if why:

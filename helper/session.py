@@ -5,7 +5,7 @@ import torch
 
 import dataset
 from common.errors import UserError
-from models import build_model, model_dict
+from models import build_model
 from models.pretrained import is_pretrained_name
 from models.resize import ResizedInput
 
@@ -14,7 +14,7 @@ from .checkpoint import load_teacher
 from .config import load_config
 from .logger import NullLogger, RunLogger
 from .run import RunFolder
-from .teachers import check_teacher_accuracy
+from .teachers import check_teacher_accuracy, load_registry
 from .trainer import Trainer, evaluate, pick_device, seed_everything
 
 
@@ -39,10 +39,21 @@ def check_method(cfg, world_size):
                         f"set batch_size {need * world_size} or more")
 
 
+def missing_teacher(cfg):
+    """What to do when path_t is neither a file nor a library's pretrained weights; None when it is one."""
+    if os.path.exists(cfg.path_t) or is_pretrained_name(cfg.path_t):
+        return None
+    fetch = f"python fetch_teachers.py {cfg.model_t} downloads it, or " if cfg.model_t in load_registry() else ""
+    return (f"teacher checkpoint {cfg.path_t} not found: {fetch}set path_t (a file, or "
+            f"torchvision:WEIGHTS / timm:TAG for a library model's pretrained weights)")
+
+
 class Session:
-    def __init__(self, cfg_path, overrides, script):
+    def __init__(self, cfg_path, overrides, script, check=False):
+        """`check` (--check): stop once the config has passed every refusal that reads no file, before
+        the run folder, the data and the teacher, without a process group (helper/check.py goes on)."""
         self.cfg = cfg = load_config(cfg_path, overrides, script)
-        self.ctx = ctx = distributed.init(cfg.device)
+        self.ctx = ctx = distributed.context() if check else distributed.init(cfg.device)
         distributed.check_batch(cfg.batch_size, ctx)
         if script == "student":
             check_method(cfg, ctx.world_size)
@@ -57,12 +68,13 @@ class Session:
             raise UserError(f"optimizer dot takes two backward passes a step, which DDP does not "
                             f"support; this run has {ctx.world_size} processes: run one process or "
                             f"set optimizer sgd")
+        if check:
+            return
         self.run = RunFolder(cfg, script, write=ctx.is_main)
         self.spec = dataset.data_spec(cfg)
-        if script == "student" and not os.path.exists(cfg.path_t) and not is_pretrained_name(cfg.path_t):
-            fetch = f"python fetch_teachers.py {cfg.model_t} downloads the paper's, or " if cfg.model_t in model_dict else ""
-            raise UserError(f"teacher checkpoint {cfg.path_t} not found: {fetch}set path_t (a file, or "
-                            f"torchvision:WEIGHTS / timm:TAG for a library model's pretrained weights)")
+        missing = missing_teacher(cfg) if script == "student" else None
+        if missing:
+            raise UserError(missing)
         if ctx.is_main:
             dataset.prepare_data(cfg)
         distributed.barrier()
@@ -186,12 +198,7 @@ def distil(cfg_path, overrides=()):
     returns the best test top-1."""
     session = Session(cfg_path, overrides, script="student")
     cfg = session.cfg
-    size = cfg.teacher_input_size or session.spec.image_size
-    teacher = load_teacher(cfg.model_t, cfg.path_t, session.spec.num_classes, image_size=size,
-                           kwargs=cfg.model_t_kwargs)
-    if cfg.teacher_input_size:
-        teacher = ResizedInput(teacher, cfg.teacher_input_size)
-    teacher = session.place(teacher, cfg.model_t, size)
+    teacher = build_teacher(session)
     accuracy = evaluate(teacher, session.test_loader, session.device)
     session.log(f"teacher {cfg.model_t} from {cfg.path_t}: test top-1 {accuracy['top1']:.2f} "
                 f"top-5 {accuracy['top5']:.2f}")
@@ -200,3 +207,18 @@ def distil(cfg_path, overrides=()):
         session.log(warning)
     student = session.build_model(cfg.model_s, cfg.model_s_kwargs)
     return session.train(student, teacher)
+
+
+def build_teacher(session, weights=True):
+    """The teacher of a student run, on the session's device, in eval mode, with path_t's weights
+    (`weights` False: the architecture alone, as --check builds it when path_t is not found)."""
+    cfg = session.cfg
+    size = cfg.teacher_input_size or session.spec.image_size
+    if weights:
+        teacher = load_teacher(cfg.model_t, cfg.path_t, session.spec.num_classes, image_size=size,
+                               kwargs=cfg.model_t_kwargs)
+    else:
+        teacher = build_model(cfg.model_t, session.spec.num_classes, size, cfg.model_t_kwargs, key="model_t").eval()
+    if cfg.teacher_input_size:
+        teacher = ResizedInput(teacher, cfg.teacher_input_size)
+    return session.place(teacher, cfg.model_t, size)
