@@ -149,6 +149,20 @@ def test_readme_documents_every_key():
     assert not missing, f"README's key table lacks {missing}"
 
 
+def test_readme_distill_row_lists_every_registered_name_aliases_beside_their_method():
+    import os
+    import re
+
+    from distillers import METHODS, distiller_names, method_names
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    meaning = re.search(r"^\| `distill` \| `\w+` \| (.*) \|$", readme, re.M).group(1)
+    assert set(re.findall(r"`(\w+)`", meaning)) == set(distiller_names())
+    for name in method_names():
+        aliases = [alias for alias in distiller_names() if METHODS[alias] is METHODS[name] and alias != name]
+        listed = re.search(rf"`{name}`(?: \(([^)]*)\))?", meaning).group(1) or ""
+        assert re.findall(r"`(\w+)`", listed) == aliases, name
+
+
 def test_text_keys_keep_what_was_typed(write_cfg):
     cfg = load_config(write_cfg("model: resnet8\namp: off\nepochs: 2\nlr_decay_epochs: 1\n"),
                       ["trial", "007", "device", "cpu"], "teacher")
