@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from runs import ROOT, run_script, tiny_config
 
@@ -192,3 +193,10 @@ def test_missing_data_that_is_not_downloaded_is_a_problem(tmp_path, write_cfg):
     code, out, err = run_script("train_teacher.py", cfg, "download", True, "--check")
     assert code == 0 and "the run downloads cifar-100-python.tar.gz" in out, out + err
     assert os.listdir(tmp_path) == ["cfg0.yaml"]
+
+
+def test_the_evaluate_example_names_the_quick_starts_student_checkpoint():
+    with open(os.path.join(ROOT, "configs", "quickstart", "student.yaml")) as f:
+        student = yaml.safe_load(f)
+    path = os.path.normpath(os.path.join(student["save_folder"], f"{student['model_s']}_best.pth"))
+    assert help_example("evaluate.py").argv[1] == path
