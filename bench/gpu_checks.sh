@@ -8,7 +8,7 @@
 #      every capturable method;
 #   2. bench/profile_step.py: where the ASKD step's time goes (parts and kernel table);
 #   3. the quick start on CUDA through the scripts: fast + bf16 + CUDA graph (the teacher
-#      stopped after 3 epochs and resumed to 4), an ASKD student;
+#      stopped after 3 epochs and resumed to 5), an ASKD student;
 #   4. bench/benchmark.py --device cuda --packing 1,2,4,8: K ASKD runs at once on the GPU (what
 #      sweep.py --runs-per-gpu K does, under MPS when available), its section of BENCHMARKS.md;
 #      then bench/benchmark.py --device cuda --teacher-cache: the graphed step with the teacher's
@@ -51,7 +51,7 @@ TAIL=45 step profile 90 python3 bench/profile_step.py --device cuda --case askd_
 
 data=(dataset synthetic data_dir "$work/data")
 fast=(device cuda fast True amp bf16 cuda_graph True tensorboard True)
-teacher="$work/teacher/resnet20_best.pth"
+teacher="$work/teacher/resnet14_best.pth"
 step teacher_3_epochs 60 python3 train_teacher.py -cfg configs/quickstart/teacher.yaml "${data[@]}" "${fast[@]}" \
     save_folder "$work/teacher" epochs 3
 step teacher_resumed 45 python3 train_teacher.py -cfg configs/quickstart/teacher.yaml "${data[@]}" "${fast[@]}" \
@@ -67,7 +67,7 @@ TAIL=12 step sweep_packed 90 python3 sweep.py --table similar --pairs res110_res
     --runs-per-gpu 2 --save_root "$work/sweep" --set dataset synthetic data_dir "$work/sweep_data" epochs 2 lr_decay_epochs 1 device cuda fast True
 cat "$work"/sweep/similar/vanilla/resnet20/seed_*/peak_memory.json >>"$logs/sweep_packed.log" 2>&1
 step student_crd 60 python3 train_student.py -cfg configs/quickstart/student.yaml "${data[@]}" "${fast[@]}" \
-    path_t "$teacher" save_folder "$work/crd" distill crd nce_k 2048 epochs 2 lr_decay_epochs 1
+    path_t "$teacher" save_folder "$work/crd" distill crd nce_k 256 epochs 2 lr_decay_epochs 1
 step student_plain_path 60 python3 train_student.py -cfg configs/quickstart/student.yaml "${data[@]}" \
     device cuda num_workers 8 path_t "$teacher" save_folder "$work/plain" epochs 2 lr_decay_epochs 1
 TAIL=16 step battery_dkd 90 python3 check_method.py dkd --no-ddp
