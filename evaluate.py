@@ -48,6 +48,7 @@ def main(argv=None):
     if args.json:
         print(json.dumps(result))
     else:
+        print(result["threads"])
         print(f"{result['model']} on {result['dataset']} ({result['images']} test images): "
               f"top-1 {result['top1']:.2f}  top-5 {result['top5']:.2f}  loss {result['loss']:.4f}")
     return 0

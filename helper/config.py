@@ -31,6 +31,8 @@ KEYS = [
     ("save_freq", 40, "write ckpt_epoch_N.pth every this many epochs"),
     ("batch_size", 64, "training batch size of the whole run (all DDP ranks together)"),
     ("num_workers", 4, "data-loader worker processes (plain path)"),
+    ("num_threads", 0, "torch's CPU threads; 0: OMP_NUM_THREADS when set, else on the CPU the cores less one "
+                       "per loader worker (at least 1), beside a GPU torch's default"),
     ("epochs", 240, "training epochs"),
     ("init_epochs", 30, "epochs of the init stage of FSP, AB and FT (only methods with an init stage use it)"),
     ("learning_rate", 0.05, "initial SGD learning rate (the paper: 0.01 for MobileNetV2/ShuffleV1/V2)"),
@@ -104,7 +106,7 @@ CHOICES = {
     "optimizer": ("sgd", "dot"),
 }
 # Keys that may differ between a run and its resumption without changing the result.
-HARMLESS_ON_RESUME = ("print_freq", "num_workers", "epochs", "resume", "device", "save_freq",
+HARMLESS_ON_RESUME = ("print_freq", "num_workers", "num_threads", "epochs", "resume", "device", "save_freq",
                       "tensorboard", "download", "data_dir", "cuda_graph", "plugin_path", "teacher_cache")
 RECORDED = "plugins"  # set by the loader only
 LOW_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
@@ -279,7 +281,7 @@ def validate(cfg, script, knobs=None):
                 "synthetic_train_size", "synthetic_test_size"):
         if cfg[key] <= 0:
             raise UserError(f"'{key}' must be positive, got {cfg[key]}")
-    for key in ("num_workers", "init_epochs", "weight_decay", "momentum", "lr_decay_rate",
+    for key in ("num_workers", "num_threads", "init_epochs", "weight_decay", "momentum", "lr_decay_rate",
                 "gamma", "alpha", "beta", "synthetic_noise", "teacher_input_size"):
         if cfg[key] < 0:
             raise UserError(f"'{key}' must not be negative, got {cfg[key]}")

@@ -19,6 +19,7 @@ from models import build_model, get_model
 
 from .checkpoint import identify_architecture, load_checkpoint, load_weights, model_state_dict
 from .config import DOC, RECORDED, get_cfg_defaults, merge, parse_overrides, read_yaml
+from .threads import set_threads
 from .trainer import diverged_score, evaluate, pick_device
 
 RUN_CONFIG = "config.yaml"
@@ -130,12 +131,14 @@ def load_model(checkpoint, cfg, name, given, cfg_path):
 def evaluate_checkpoint(checkpoint, cfg_path=None, overrides=(), model=None, dataset_name=None,
                         batch_size=256, device="auto"):
     """Load `checkpoint` into its architecture and score it on its data set's test split:
-    {checkpoint, model, dataset, images, top1, top5, loss}. Every bad input is a UserError."""
+    {checkpoint, model, dataset, images, top1, top5, loss, threads (the line of helper/threads.py)}.
+    Every bad input is a UserError."""
     cfg, name, given, cfg_path, device = resolve(checkpoint, cfg_path, overrides, model, dataset_name, batch_size,
                                                  device)
     net, name = load_model(checkpoint, cfg, name, given, cfg_path)
+    threads = set_threads(device, cfg.num_threads, cfg.num_workers)
     result = score(net, cfg, device, batch_size, cfg.num_workers)
     why = diverged_score(result)
     if why:
         raise UserError(f"{checkpoint} ({name} on {cfg.dataset}) scores {why}: its weights have diverged")
-    return {"checkpoint": checkpoint, "model": name, "dataset": cfg.dataset, **result}
+    return {"checkpoint": checkpoint, "model": name, "dataset": cfg.dataset, **result, "threads": threads}

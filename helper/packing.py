@@ -20,8 +20,9 @@ in a scratch folder, alone on the GPU. K is refused when K x (peak reserved + CU
 more than the free memory of a GPU (measured before launching, in a short child process).
 
 On the CPU, K means K concurrent processes with the cores divided among them (OMP_NUM_THREADS
-= cores // K, unless already set); K above the number of cores is refused (a run would get less
-than one core). Memory is not checked there.
+= cores // K unless already set, the cores counted as helper/threads.py counts them; a run takes
+that value unless its config sets num_threads); K above the number of cores is refused (a run
+would get less than one core). Memory is not checked there.
 """
 import json
 import os
@@ -31,6 +32,8 @@ import sys
 
 from common.errors import UserError
 from common.files import write_atomic
+
+from .threads import available_cores
 
 PEAK_MEMORY = "peak_memory.json"
 CUDA_CONTEXT = 512 * 2 ** 20   # what a process's CUDA context takes beside its tensors (bytes)
@@ -89,7 +92,7 @@ def free_memory(gpus):
 
 def cpu_threads(k, cores=None):
     """Threads for each of K concurrent CPU runs; K above the core count is refused."""
-    cores = cores or os.cpu_count() or 1
+    cores = cores or available_cores()
     if k > cores:
         raise UserError(f"--runs-per-gpu {k} on the CPU runs {k} processes at once, more than its {cores} "
                         f"cores: set --runs-per-gpu {cores} or less")

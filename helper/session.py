@@ -15,6 +15,7 @@ from .config import load_config
 from .logger import NullLogger, RunLogger
 from .run import RunFolder
 from .teachers import check_teacher_accuracy, load_registry
+from .threads import set_threads
 from .trainer import Trainer, evaluate, pick_device, seed_everything
 
 
@@ -70,6 +71,7 @@ class Session:
                             f"set optimizer sgd")
         if check:
             return
+        threads = set_threads(self.device, cfg.num_threads, 0 if cfg.fast else cfg.num_workers)
         self.run = RunFolder(cfg, script, write=ctx.is_main)
         self.spec = dataset.data_spec(cfg)
         missing = missing_teacher(cfg) if script == "student" else None
@@ -103,6 +105,7 @@ class Session:
                  (f", resuming after epoch {state['epoch']}" if state else "") +
                  (f" (in epoch {state['partial']['epoch']} after step {state['partial']['steps']}, where a "
                   f"preemption stopped it)" if state and state.get("partial") else ""))
+        self.log(threads)
 
     @staticmethod
     def uses_cache(cfg, script):

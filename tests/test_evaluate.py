@@ -65,7 +65,8 @@ def test_released_formats_without_a_run_folder(run, tmp_path):
         assert result["model"] == "resnet8" and float(f"{result['top1']:.6g}") == logged["test_acc"]
     code, out = call_cli(evaluate, [str(tmp_path / "ckpt_epoch_240.pth"), "--model", "resnet8", "--dataset",
                                     "synthetic", *set_of(run), "--device", "cpu"])
-    assert code == 0 and re.fullmatch(r"resnet8 on synthetic \(100 test images\): top-1 [\d.]+  top-5 [\d.]+  "
+    assert code == 0 and re.fullmatch(r"cpu: 1 torch thread \(OMP_NUM_THREADS=1\)\n"
+                                      r"resnet8 on synthetic \(100 test images\): top-1 [\d.]+  top-5 [\d.]+  "
                                       r"loss [\d.]+\n", out), out
 
 

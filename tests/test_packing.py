@@ -49,7 +49,7 @@ def assert_same_as_alone(alone, save_root):
 
 
 def test_two_cpu_processes_give_the_weights_of_runs_alone(alone, monkeypatch):
-    monkeypatch.setattr(packing.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(packing, "available_cores", lambda: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)   # the sweep divides the 2 cores: 1 thread each
     save_root = str(alone["root"] / "packed")
     code, out = call([*VANILLA, "--seeds", "2", "--runs-per-gpu", "2", "--save_root", save_root, *alone["set"]])
@@ -63,7 +63,7 @@ def test_slurm_task_runs_k_runs(tmp_path, monkeypatch):
     its training processes faked), which runs both runs at once; one of them fails."""
     submitit = pytest.importorskip("submitit")
     monkeypatch.setattr(sweep, "prepare_data", lambda runs: None)
-    monkeypatch.setattr(packing.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(packing, "available_cores", lambda: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     running = []
 
@@ -198,7 +198,7 @@ def test_packing_arguments_refused(argv, message, tmp_path):
 def test_cpu_k_above_the_cores_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "visible_gpus", lambda spec=None: [])
     monkeypatch.setattr(sweep, "prepare_data", lambda runs: None)
-    monkeypatch.setattr(packing.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(packing, "available_cores", lambda: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     code, out = call([*VANILLA, "--seeds", "1", "--set", "epochs", "1", "lr_decay_epochs", "1",
                       "--runs-per-gpu", "3", "--save_root", str(tmp_path)])
