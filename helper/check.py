@@ -10,7 +10,8 @@ on the training labels, or on STAND_IN_LABELS balanced ones while the data set i
 the run folder, the data set's files and the teacher's path_t are looked up. The exit status:
   0  the run would start;
   1  the config is valid, but something on disk would stop the run: a file not found that the
-     run cannot download or generate (path_t, the data set, the checkpoint to evaluate), or a
+     run cannot download or generate (path_t, a library's pretrained weights absent from the
+     local cache, the data set, the checkpoint to evaluate), or a
      run folder a real run refuses (a finished run, another run's checkpoints); each is a
      `problem:` line;
   2  the same one-line error as the run (config, model, method or device), on stderr.
@@ -22,6 +23,7 @@ import torch
 import dataset
 from common.errors import UserError
 from distillers import build
+from models.pretrained import NotCached
 
 from .run import RunFolder, run_path
 from .session import Session, build_teacher, missing_teacher
@@ -107,9 +109,13 @@ def check_run(cfg_path, overrides, script):
     teacher = None
     if script == "student":
         missing = missing_teacher(cfg)
+        try:
+            teacher = build_teacher(session, weights=not missing)
+        except NotCached as e:  # torchvision:WEIGHTS / timm:TAG not downloaded here
+            missing = str(e)
+            teacher = build_teacher(session, weights=False)
         if missing:
             report.problem("teacher", missing)
-        teacher = build_teacher(session, weights=not missing)
         weights = "random weights: path_t not found" if missing else f"from {cfg.path_t}"
         report.line("teacher", f"{cfg.model_t}: {count(teacher):,} parameters ({weights})")
         student = session.build_model(cfg.model_s, cfg.model_s_kwargs)

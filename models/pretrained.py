@@ -17,6 +17,10 @@ from common.errors import UserError
 from .library import LIBRARIES
 
 
+class NotCached(UserError):
+    """Named pretrained weights absent from the local cache: a file to fetch, not a config mistake."""
+
+
 def is_pretrained_name(path):
     """Whether `path` is `torchvision:WEIGHTS` / `timm:TAG` (and no file of that name exists)."""
     library, colon, _ = str(path).partition(":")
@@ -43,7 +47,7 @@ def torchvision_weights(name, tag, model):
     folder = os.path.join(torch.hub.get_dir(), "checkpoints")
     file = os.path.join(folder, os.path.basename(weights.url))
     if not os.path.isfile(file):
-        raise UserError(f"torchvision's {weights} are not in the local cache: download {weights.url} into "
+        raise NotCached(f"torchvision's {weights} are not in the local cache: download {weights.url} into "
                         f"{folder}/ (torch.hub's cache)")
     return torch.load(file, map_location="cpu", weights_only=True)
 
@@ -60,7 +64,7 @@ def timm_weights(name, tag, model):
              for f in ("model.safetensors", "pytorch_model.bin")]
     file = next((f for f in files if isinstance(f, str)), None)
     if file is None:
-        raise UserError(f"timm's {full} weights are not in the local Hugging Face cache: run `hf download {repo}` "
+        raise NotCached(f"timm's {full} weights are not in the local Hugging Face cache: run `hf download {repo}` "
                         f"where there is internet, then copy the cache (HF_HUB_CACHE) here")
     classes = model.get_classifier().out_features
     if config.num_classes and config.num_classes != classes:

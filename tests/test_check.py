@@ -170,6 +170,25 @@ def test_everything_found_exits_0_with_counts_and_the_real_labels(synthetic_dir,
     assert code == 2 and "error:" in err and "nce_k" in err, out + err
 
 
+def test_library_weights_not_in_the_local_cache_are_a_problem(synthetic_dir, tmp_path, write_cfg, monkeypatch):
+    """torchvision:WEIGHTS absent from torch.hub's cache: a file to fetch (exit 1, its URL named), the
+    teacher built with random weights; a weights tag the library lacks stays the run's error (2)."""
+    import torchvision
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub_home"))
+    url = torchvision.models.get_model_weights("mobilenet_v3_small").IMAGENET1K_V1.url
+    config = student_config(synthetic_dir, "torchvision:IMAGENET1K_V1", str(tmp_path / "run"),
+                            model_t="torchvision:mobilenet_v3_small", distill="kd", beta=0)
+    del config["nce_k"]
+    cfg = write_cfg(config)
+    code, out, err = run_script("train_student.py", cfg, "--check")
+    assert code == 1, out + err
+    assert re.search(r"^problem: +teacher: torchvision's .* not in the local cache: download " + re.escape(url), out, re.M)
+    assert "torchvision:mobilenet_v3_small: " in out and "(random weights: path_t not found)" in out
+    code, out, err = run_script("train_student.py", cfg, "path_t", "torchvision:NO_SUCH_WEIGHTS", "--check")
+    assert code == 2 and "has no weights 'NO_SUCH_WEIGHTS'" in err, out + err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "hub_home").exists()
+
+
 def test_a_finished_run_folder_is_a_problem_and_a_bad_key_the_runs_error(synthetic_dir, tmp_path, write_cfg):
     folder = tmp_path / "teacher"
     cfg = write_cfg(tiny_config(synthetic_dir, str(folder), epochs=1, lr_decay_epochs="1"))
