@@ -24,8 +24,10 @@ from .errors import UserError
 GROUPS = {"method": "askd.methods", "model": "askd.models", "dataset": "askd.datasets"}
 
 
-def add_plugin_paths(paths=()):
-    """Put the working directory and each of `paths` (relative to it) on sys.path, first."""
+def add_plugin_paths(plugin_path=""):
+    """Put the working directory and each folder of `plugin_path` (the config key: comma-separated,
+    relative to the working directory) on sys.path, first."""
+    paths = [p for p in str(plugin_path or "").split(",") if p.strip()]
     for path in reversed([os.getcwd(), *paths]):
         path = os.path.abspath(path)
         if path not in sys.path:

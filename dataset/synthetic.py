@@ -75,15 +75,19 @@ def write_synthetic_cifar100(root, train_size, test_size, seed=0, noise=1.0):
     write_atomic(stamp, json.dumps(params).encode(), "the synthetic data set")  # last: marks it complete
 
 
+def params_of(cfg):
+    """The generator's arguments a run's config asks for (what the stamp records)."""
+    return {"train_size": cfg.synthetic_train_size, "test_size": cfg.synthetic_test_size,
+            "seed": cfg.synthetic_seed, "noise": cfg.synthetic_noise}
+
+
 def prepare(cfg, root):
-    write_synthetic_cifar100(root, cfg.synthetic_train_size, cfg.synthetic_test_size,
-                             seed=cfg.synthetic_seed, noise=cfg.synthetic_noise)
+    write_synthetic_cifar100(root, **params_of(cfg))
 
 
 def locate(cfg, root):
     """(state, line) of the data set in `root` (registry.py's `locate`), writing nothing."""
-    params = {"train_size": cfg.synthetic_train_size, "test_size": cfg.synthetic_test_size,
-              "seed": cfg.synthetic_seed, "noise": cfg.synthetic_noise}
+    params = params_of(cfg)
     if is_written(root, params):
         return "found", f"the synthetic data set in {root}"
     return "made", f"the run generates it into {root} ({params['train_size']} + {params['test_size']} images)"

@@ -350,7 +350,7 @@ def resolve_names(cfg, script):
     from dataset.registry import spec_entry
     from distillers import method_class
     from models import model_entry
-    add_plugin_paths([p for p in cfg.plugin_path.split(",") if p.strip()])
+    add_plugin_paths(cfg.plugin_path)
     origins = {"distill": method_class(cfg.distill)[1], "dataset": spec_entry(cfg.dataset)[1]}
     for key in model_keys(script):
         if cfg[key]:

@@ -60,7 +60,7 @@ def run_config(checkpoint, cfg_path=None, overrides=(), model=None, dataset_name
     merge(cfg, pairs, "the command line")
     if dataset_name:
         merge(cfg, [("dataset", dataset_name)], "--dataset")
-    add_plugin_paths([p for p in cfg.plugin_path.split(",") if p.strip()])
+    add_plugin_paths(cfg.plugin_path)
     dataset.spec(cfg.dataset)  # an unknown name: one line
     given = cfg_path is not None or bool(dataset_name) or any(key == "dataset" for key, _ in pairs)
     return cfg, model or cfg.model or cfg.model_s or None, given, cfg_path

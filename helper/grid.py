@@ -111,7 +111,7 @@ def row_of(config):
     from common.resolve import add_plugin_paths
     from distillers import method_class
     name = str(config.get("distill", ""))
-    add_plugin_paths([p for p in str(config.get("plugin_path") or "").split(",") if p.strip()])
+    add_plugin_paths(config.get("plugin_path"))
     try:
         method = method_class(name)[0]
         knobs = declared_knobs(method).values()

@@ -43,6 +43,11 @@ def dataset_rows(text, name):
     return other_rows(part), [c.strip() for c in header.strip().strip("|").split("|")[1:]]
 
 
+def third_rows(text):
+    """{row label: [cell texts]} of the third table (other methods)."""
+    return other_rows(text.split("## Other methods, published elsewhere")[1].split("\n## ")[0])
+
+
 def other_rows(part):
     """{row label: [cell texts]} of the third table (other methods), columns: the 11 pairs."""
     return {line.split("|")[1].strip(): [c.strip() for c in line.strip().strip("|").split("|")[1:]]
@@ -299,7 +304,7 @@ def test_logit_methods_of_2022_2025_meet_their_published_figures(tmp_path):
     make_run(tmp_path / "ctkd_dkd", "kds/ctkd_dkd/wrn-40-2_wrn-16-2.yaml", [75.0])
     code, out = call([str(tmp_path)])
     assert code == 0, out
-    rows = other_rows(out.split("## Other methods, published elsewhere")[1].split("\n## ")[0])
+    rows = third_rows(out)
     assert rows["KD+LS [ls]"][2] == "77.00 (n=1); paper 76.62; Δ +0.38"
     assert rows["DIST [dist_kd]"][2] == "76.00 (n=1); paper 76.31; Δ -0.31"
     assert rows["TTM [ttm]"][1] == "71.00 (n=1); paper 71.46; Δ -0.46"
@@ -316,7 +321,7 @@ def test_the_classifier_methods_meet_their_published_figures(tmp_path):
     make_run(tmp_path / "srd", "kds/srd/resnet32x4_resnet8x4.yaml", [75.0])
     code, out = call([str(tmp_path)])
     assert code == 0, out
-    rows = other_rows(out.split("## Other methods, published elsewhere")[1].split("\n## ")[0])
+    rows = third_rows(out)
     assert "78.00 (n=1); paper 78.05; Δ -0.05" in rows["SD-DKD [sdd]"]
     assert "78.00 (n=1); paper 78.08; Δ -0.08" in rows["SimKD [simkd]"]
     assert "76.00 (n=1); paper N/A" in rows["CAT-KD [catkd_unchecked]"]
@@ -357,8 +362,8 @@ def test_a_new_method_is_in_the_sweep_and_the_report(tmp_path):
     make_run(tmp_path / "runs" / "mse", str(folder / "res110_res20.yaml"), [70.5])
     code, out = call([str(tmp_path / "runs"), *roots])
     assert code == 0, out
-    rows = other_rows(out.split("## Other methods, published elsewhere")[1].split("\n## ")[0])
+    rows = third_rows(out)
     assert rows["logit_mse"][1] == "70.50 (n=1); paper N/A" and rows["logit_mse"][0] == "N/A"
     code, out = call([str(tmp_path / "runs")])   # without its folder: the row is named by `distill`
-    rows = other_rows(out.split("## Other methods, published elsewhere")[1].split("\n## ")[0])
+    rows = third_rows(out)
     assert rows["logit_mse_plugin:LogitMSE"][1] == "70.50 (n=1); paper N/A" and "logit_mse" not in rows
