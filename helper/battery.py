@@ -42,6 +42,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 
 import torch
 import yaml
@@ -510,6 +511,9 @@ def _ddp_worker(rank, port, jobs, out):
     os._exit(0)
 
 
+DDP_CHECK_SECONDS = 120  # per method: its 3 steps on 2 ranks take seconds; a hang fails the check
+
+
 def check_ddp(jobs_or_names, cfg_path=None):
     """{method: Check} of 2 gloo ranks (one spawn for every job): `jobs_or_names` is a list of
     (method, config path), or of names sharing `cfg_path`."""
@@ -517,7 +521,15 @@ def check_ddp(jobs_or_names, cfg_path=None):
     jobs = [j if isinstance(j, tuple) else (j, cfg_path) for j in jobs_or_names]
     out = tempfile.mkdtemp(prefix="battery_ddp_")
     try:
-        mp.start_processes(_ddp_worker, args=(_free_port(), jobs, out), nprocs=2, start_method="spawn")
+        ranks = mp.start_processes(_ddp_worker, args=(_free_port(), jobs, out), nprocs=2, start_method="spawn",
+                                   join=False)
+        deadline = time.time() + DDP_CHECK_SECONDS * len(jobs)
+        while not ranks.join(timeout=1):
+            if time.time() > deadline:
+                for process in ranks.processes:
+                    process.kill()
+                late = f"2 gloo ranks still running after {DDP_CHECK_SECONDS * len(jobs)} s: killed"
+                return {name: Check("ddp", "fail", late) for name, _ in jobs}
         reports = [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=True) for r in range(2)]
     finally:
         shutil.rmtree(out, ignore_errors=True)

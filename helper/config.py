@@ -88,6 +88,8 @@ KEYS = [
                              "training image are built once and read instead of running the teacher; for the "
                              "methods that read nothing else of it (README, Speed)"),
     ("sync_bn", False, "DDP on CUDA: convert BatchNorm to SyncBatchNorm"),
+    ("ddp_init_timeout", 300, "DDP: seconds a process waits for its process group to form (at a torchrun restart "
+                              "too) before it exits with an error, so that torchrun's next restart proceeds"),
     ("tensorboard", True, "write tensorboard event files into the run folder"),
     ("val_split", 0.0, "hold out this seeded, class-stratified fraction of the training set (test transform) and "
                        "choose the best checkpoint on it instead of the test set; 0: the papers' protocol"),
@@ -107,7 +109,8 @@ CHOICES = {
 }
 # Keys that may differ between a run and its resumption without changing the result.
 HARMLESS_ON_RESUME = ("print_freq", "num_workers", "num_threads", "epochs", "resume", "device", "save_freq",
-                      "tensorboard", "download", "data_dir", "cuda_graph", "plugin_path", "teacher_cache")
+                      "tensorboard", "download", "data_dir", "cuda_graph", "plugin_path", "teacher_cache",
+                      "ddp_init_timeout")
 RECORDED = "plugins"  # set by the loader only
 LOW_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
@@ -278,7 +281,7 @@ def validate(cfg, script, knobs=None):
     """Checks that need no model built; raises UserError on the first problem. `knobs`: the
     method's {name: Knob} (default: looked up from cfg.distill)."""
     for key in ("learning_rate", "batch_size", "epochs", "kd_T", "save_freq", "print_freq", "eval_freq",
-                "synthetic_train_size", "synthetic_test_size"):
+                "synthetic_train_size", "synthetic_test_size", "ddp_init_timeout"):
         if cfg[key] <= 0:
             raise UserError(f"'{key}' must be positive, got {cfg[key]}")
     for key in ("num_workers", "num_threads", "init_epochs", "weight_decay", "momentum", "lr_decay_rate",

@@ -6,6 +6,7 @@ import torch
 import dataset
 from common.errors import UserError
 from models import build_model
+from models.contract import smallest_trainable_batch
 from models.pretrained import is_pretrained_name
 from models.resize import ResizedInput
 
@@ -54,7 +55,7 @@ class Session:
         """`check` (--check): stop once the config has passed every refusal that reads no file, before
         the run folder, the data and the teacher, without a process group (helper/check.py goes on)."""
         self.cfg = cfg = load_config(cfg_path, overrides, script)
-        self.ctx = ctx = distributed.context() if check else distributed.init(cfg.device)
+        self.ctx = ctx = distributed.context() if check else distributed.init(cfg.device, cfg.ddp_init_timeout)
         distributed.check_batch(cfg.batch_size, ctx)
         if script == "student":
             check_method(cfg, ctx.world_size)
@@ -172,6 +173,21 @@ class Session:
         finally:
             model.train(was_training)
 
+    def min_batch(self, distiller):
+        """The smallest batch a step trains: the method's `min_batch`, or 2 where a BatchNorm of a
+        model in training mode would see one value per channel (models/contract.py); a batch_size
+        that gives each process less is refused."""
+        trained = [distiller.student] + ([distiller.teacher] if distiller.teacher_train_mode else [])
+        need = max([distiller.min_batch] + [smallest_trainable_batch(m, self.spec.image_size) for m in trained])
+        per_rank = self.cfg.batch_size // self.ctx.world_size
+        if per_rank < need:
+            where = f" per process ({self.ctx.world_size} processes)" if self.ctx.enabled else ""
+            raise UserError(f"a BatchNorm of {type(distiller.student).__name__} in training mode sees a single value per "
+                            f"channel for one {self.spec.image_size}-pixel image, so it needs batches of {need}{where}, "
+                            f"but batch_size {self.cfg.batch_size} gives {per_rank}: set batch_size "
+                            f"{need * self.ctx.world_size} or more, or a larger input")
+        return need
+
     def train(self, student, teacher):
         from distillers import build
         targets = torch.as_tensor(self.train_loader.dataset.targets)
@@ -184,10 +200,11 @@ class Session:
         if teacher is not None and self.cfg.teacher_cache != "off":
             distiller.use_teacher_cache(teacher_cache.open_cache(
                 self.cfg, type(distiller), teacher, self.train_loader, self.spec, self.device, self.log))
+        min_batch = self.min_batch(distiller)
         try:
             self.open_run_folder()
             trainer = Trainer(self.cfg, distiller, self.train_loader, self.test_loader, self.run,
-                              self.logger, self.device, self.ctx, val_loader=self.val_loader)
+                              self.logger, self.device, self.ctx, val_loader=self.val_loader, min_batch=min_batch)
             return trainer.fit(self.run.resume_state)
         finally:
             if self.logger is not None:
