@@ -1,6 +1,7 @@
 """Shared fixtures: a small synthetic CIFAR-100 written in the real format, and a config writer."""
 import os
 import sys
+import uuid
 
 import pytest
 import torch
@@ -14,6 +15,17 @@ sys.path.insert(0, ROOT)
 # subprocess halves of the resume tests must sum floats in the same order.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_the_test(monkeypatch):
+    """Tag the test's environment; at its end, whatever the outcome, kill every process that
+    inherited the tag (tests/processes.py)."""
+    from processes import TAG, kill_tagged
+    tag = uuid.uuid4().hex
+    monkeypatch.setenv(TAG, tag)
+    yield
+    kill_tagged(tag)
 
 
 @pytest.fixture(scope="session")
