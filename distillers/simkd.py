@@ -18,7 +18,8 @@ shrinks it, as in the original); the epoch's train_acc is that classifier's (the
 meter shows the deployed logits').
 
 Refused: a teacher whose classifier does not read its feats[-2] (ShuffleV2's and MobileNetV2's
-classifiers read a map one convolution further on), and models without maps.
+classifiers read a map one convolution further on), models without maps, and a simkd_factor above
+the teacher's channel count (a bottleneck of no channel).
 """
 import torch.nn as nn
 import torch.nn.functional as F
@@ -76,6 +77,10 @@ class SimKD(Distiller):
             raise UserError(f"SimKD reuses the teacher's classifier on the projected student map, so the classifier "
                             f"must read the teacher's feats[-2] ({tuple(map_t.shape[1:])}), but it reads {reads} "
                             f"values: choose another teacher or method")
+        if cfg.simkd_factor > map_t.shape[1]:
+            raise UserError(f"simkd_factor {cfg.simkd_factor} leaves no channel in the projector's bottleneck: the "
+                            f"teacher's feats[-2] has {map_t.shape[1]} channels, divided by simkd_factor: set "
+                            f"simkd_factor {map_t.shape[1]} or less for this pair")
         self.side_t = map_t.shape[2]
         self.projector = Projector(map_s.shape[1], map_t.shape[1], int(cfg.simkd_factor))
 

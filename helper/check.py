@@ -124,6 +124,7 @@ def check_run(cfg_path, overrides, script):
         student = session.build_model(cfg.model, cfg.model_kwargs)
         report.line("model", f"{cfg.model}: {count(student):,} parameters")
     distiller = build(cfg, student, teacher, training_targets(cfg, state, spec.num_classes)).to(session.device)
+    session.min_batch(distiller)
     report.line("method", f"{cfg.distill}: {count(distiller) - count(student):,} parameters of its own")
     if distiller.deployed is not distiller.student:
         report.line("method", f"deploys {type(distiller.deployed).__name__}: {count(distiller.deployed):,} parameters")

@@ -193,8 +193,11 @@ class Trainer:
     """Runs the epochs of one run folder (`run`: see helper/run.py) for one distiller."""
 
     def __init__(self, cfg, distiller, train_loader, test_loader, run, logger, device,
-                 ctx=distributed.Context(), val_loader=None):
+                 ctx=distributed.Context(), val_loader=None, min_batch=1):
         self.cfg, self.distiller, self.run, self.logger, self.device = cfg, distiller, run, logger, device
+        # a final batch smaller than this is dropped: the method's losses or the models' BatchNorms
+        # (helper/session.py `min_batch`) are not defined on it
+        self.min_batch = max(distiller.min_batch, min_batch)
         self.train_loader, self.test_loader, self.ctx = train_loader, test_loader, ctx
         self.val_loader = val_loader  # the held-out images (val_split): the best checkpoint is chosen on them
         self.model = distiller  # what the steps call: the DDP wrapper when there are several ranks
@@ -344,9 +347,9 @@ class Trainer:
                 if step == done:  # where it stopped: its RNG states, then on as it would have gone
                     set_rng_state(saved["rng"])
                     progress.update(done - (step % read_every == 0 or step == len(self.train_loader)))
-                # a final batch smaller than the method's losses are defined on is dropped (the
-                # same on every rank: the ranks' shares have equal sizes)
-                elif len(target) >= self.distiller.min_batch:
+                # a final batch too small for the method or the models is dropped (the same on
+                # every rank: the ranks' shares have equal sizes)
+                elif len(target) >= self.min_batch:
                     image = image.to(self.device, non_blocking=True)
                     target = target.to(self.device, non_blocking=True)
                     index = index.to(self.device, non_blocking=True)

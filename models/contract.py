@@ -12,6 +12,7 @@ is the final layer, whatever the original named it (`fc`, `linear`, `classifier`
 whose head does more than one linear layer on the pooled map (torchvision's MobileNetV3), or that
 has no map (a ViT), gives `reads_pooled_map(model)` False.
 """
+import torch
 import torch.nn as nn
 
 from common.errors import UserError
@@ -48,3 +49,22 @@ def reads_pooled_map(model, feats, pooled_map):
     """Whether the classifier reads the pooled map directly (its channels are the map's)."""
     return pooled_map is not None and pooled_map.dim() == 4 and \
         classifier_weights(model)[0].shape[1] == pooled_map.shape[1] and feats[-1].shape[1] == pooled_map.shape[1]
+
+
+@torch.no_grad()
+def smallest_trainable_batch(model, size):
+    """1, or 2 when one of the model's BatchNorms sees a single value per channel for one image of
+    side `size` (a 1x1 map, or a pooled vector): training mode cannot normalise that, so a final
+    batch of one image cannot be trained (timm's resnet18 at 32 pixels ends in a 1x1 map)."""
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append(args[0].numel() // args[0].shape[1]))
+             for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    was_training = model.training
+    param = next(model.parameters())
+    try:
+        model.eval()(torch.zeros(1, 3, size, size, dtype=param.dtype, device=param.device))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return 2 if 1 in seen else 1

@@ -1,5 +1,5 @@
 """No silent NaN from a legal config (issue 11), end to end through the scripts: a final batch
-too small for the method is dropped and counted, a batch_size or knob that makes a loss
+too small for the method or for a model's BatchNorms is dropped and counted, a batch_size or knob that makes a loss
 undefined is refused before the run folder exists, a non-finite loss names its term and its
 likely cause, and a run killed in its first epoch starts again under `resume True`."""
 import os
@@ -48,6 +48,19 @@ def test_a_one_image_final_batch_is_dropped_and_counted(method, fast, data_33, t
     assert " dropped 1 " in line and "nan" not in line, line
 
 
+def test_a_library_model_whose_batchnorm_sees_one_value_drops_a_one_image_final_batch(data_33, teacher_file, tmp_path,
+                                                                                      write_cfg):
+    """timm's resnet18 ends in a 1x1 map on 32-pixel images: its last BatchNorms cannot normalise
+    one image in training mode, so the final batch of one is dropped and counted (the zoo's
+    models, whose last map is 8x8, train it)."""
+    run = tmp_path / "run"
+    cfg = student(data_33, run, teacher_file, distill="kd", model_s="timm:resnet18", alpha=0.9, beta=0.0)
+    code, out, err = run_script("train_student.py", write_cfg(cfg))
+    assert code == 0, out + err
+    line = epoch_line(run)
+    assert " dropped 1 " in line and "nan" not in line, line
+
+
 def test_a_method_that_takes_one_sample_keeps_the_final_batch(data_33, teacher_file, tmp_path, write_cfg):
     run = tmp_path / "run"
     code, out, err = run_script("train_student.py", write_cfg(student(data_33, run, teacher_file, distill="ASKD")))
@@ -59,6 +72,10 @@ def test_a_method_that_takes_one_sample_keeps_the_final_batch(data_33, teacher_f
     (dict(distill="rkd", batch_size=1), "method 'rkd' compares the samples of a batch and needs at least 2"),
     (dict(distill="correlation", batch_size=1), "set batch_size 2 or more"),
     (dict(distill="ASKD", r=1), "'r' (ASKD's knob) must be at least 2"),
+    (dict(distill="kd", model_s="timm:resnet18", batch_size=1), "sees a single value per channel for one 32-pixel "
+                                                               "image, so it needs batches of 2"),
+    (dict(distill="simkd", simkd_factor=100), "the teacher's feats[-2] has 64 channels, divided by simkd_factor: "
+                                              "set simkd_factor 64 or less for this pair"),
 ])
 def test_configs_whose_loss_is_undefined_are_refused(extra, expected, data_33, teacher_file, tmp_path, write_cfg):
     run = tmp_path / "run"
