@@ -13,14 +13,16 @@ backward, lambda following the original's cosine schedule over epochs e (counted
 descends (the original's layer multiplies by lambda, not -lambda).
 L_method, at T (`ctkd_over`): kd, T^2 KL(softmax(z_t / T) || softmax(z_s / T)); dkd, DKD's
 dkd_alpha TCKD + dkd_beta NCKD (the CTKD repository's DKDloss: no warm-up). `logit_stand`
-standardises both logits first (the logit-standardisation fork's CTKD). The CIFAR script: cross-
+standardises both logits of the KD (the logit-standardisation fork's CTKD, whose DKDloss reads the
+raw logits: over DKD it changes nothing, as there). The CIFAR script: cross-
 entropy 0.1 (gamma), KD 0.9 (beta: the KD at the learnt T is this method's term; alpha stays 0),
 batch 64, lr 0.05. The instance-wise temperature is not in the repository (only behind a link):
 not here.
 
 Over DKD the masked teacher probability is exactly 0, and the original's `kl_div` then gives theta
-a NaN gradient with today's PyTorch; here the teacher side is in log space and that entry's
-gradient is its limit, 0 (README, departures). Refused: ctkd_t_start <= 0 (T could reach 0).
+a NaN gradient with today's PyTorch; so does its KD at a temperature small enough (about 0.2 and
+below) for the teacher's softmax to underflow. Here the teacher side is in log space and such an
+entry's gradient is its limit, 0 (README, departures). Refused: ctkd_t_start <= 0 (T could reach 0).
 """
 import math
 
@@ -87,9 +89,9 @@ class CTKD(Distiller):
         return self.t_start + self.t_end * torch.sigmoid(ScaleGradient.apply(self.theta, self.reversal.factor))
 
     def method_losses(self, feats_s, logits_s, feats_t, logits_t, target, index):
-        if self.logit_stand:
-            logits_s, logits_t = standardize(logits_s), standardize(logits_t)
         T = self.temperature()
         if self.over == "dkd":
             return {"ctkd_dkd": dkd_loss(logits_s, logits_t, target, *self.dkd_weights, T)}
+        if self.logit_stand:
+            logits_s, logits_t = standardize(logits_s), standardize(logits_t)
         return {"ctkd_kd": hinton_kd(logits_s, logits_t, T)}

@@ -64,9 +64,9 @@ class MLKD(Distiller):
         (s_w, s_s), (t_w, t_s) = logits_s, logits_t
         p_t = F.softmax(t_w, dim=1)
         confidence = p_t.max(dim=1).values
-        sample_share = (confidence <= confidence.quantile(0.5)).float().mean()
+        sample_share = (confidence <= confidence.quantile(0.5)).to(p_t.dtype).mean()
         class_mass = p_t.sum(dim=0)
-        class_share = (class_mass <= class_mass.quantile(0.5)).float().mean()
+        class_share = (class_mass <= class_mass.quantile(0.5)).to(p_t.dtype).mean()
         k_sw, k_tw, k_ss, k_ts = (standardize(z) for z in (s_w, t_w, s_s, t_s)) if self.logit_stand \
             else (s_w, t_w, s_s, t_s)
         kd = sample_share * sum(hinton_kd(k_sw, k_tw, T) for T in self.temperatures)

@@ -177,6 +177,36 @@ def test_ctkd_losses_and_temperature_gradient_match_the_original(case, logits):
 
 
 @pytest.mark.parametrize("case", CASES[:2], ids=case_id)
+def test_ctkd_over_dkd_reads_the_raw_logits_even_with_logit_stand_as_the_fork(case, logits):
+    """The logit-standardisation fork standardises CTKD's KD criterion only; its DKDloss takes the
+    raw logits, so logit_stand changes nothing over DKD."""
+    a, _ = case
+    terms = [method("ctkd", ctkd_over="dkd", logit_stand=stand).method_losses(
+        None, logits[a["student"]], None, logits[a["teacher"]], torch.tensor(a["labels"]), None)["ctkd_dkd"]
+        for stand in (False, True)]
+    assert torch.equal(*terms)
+
+
+@pytest.mark.parametrize("case", CASES[:2], ids=case_id)
+def test_ctkd_over_kd_at_a_small_temperature_has_the_finite_limit_of_the_gradient(case, logits):
+    """At T about 0.05 the teacher's float32 softmax underflows on these logits (a trained teacher's,
+    with wider gaps, at about 0.2), where the original's kl_div gives theta a NaN gradient; here
+    the float32 gradient is finite and that of float64 (no underflow)."""
+    a, _ = case
+    grads = {}
+    for dtype in (torch.float32, torch.float64):
+        distiller = method("ctkd", ctkd_t_start=0.03, ctkd_t_end=0.03).to(dtype)
+        distiller.start_epoch(10)
+        s, t = (logits[a[role]].to(dtype) for role in ("student", "teacher"))
+        if dtype == torch.float32:
+            assert (torch.softmax(t / distiller.temperature(), dim=1) == 0).any()
+        distiller.method_losses(None, s, None, t, torch.tensor(a["labels"]), None)["ctkd_kd"].backward()
+        grads[dtype] = distiller.theta.grad.item()
+    assert math.isfinite(grads[torch.float32])
+    assert grads[torch.float32] == pytest.approx(grads[torch.float64], rel=1e-3)
+
+
+@pytest.mark.parametrize("case", CASES[:2], ids=case_id)
 def test_ctkd_temperature_moves_as_the_originals_in_one_sgd_step(case, logits):
     """The original's step: SGD (lr 0.05, momentum 0.9, weight decay 5e-4, which reaches the
     temperature's parameter too) on 0.1 CE + 0.9 KD at the learnt temperature."""

@@ -72,6 +72,23 @@ def mlkd(**knobs):
     return build(make_cfg("mlkd", **knobs), model, model_dict["resnet8"](num_classes=100)).double()
 
 
+def test_the_shares_follow_the_logits_dtype():
+    """Over 7 samples and 100 classes the shares (4/7 of the samples, 1/2 of the classes here) are
+    not exact in float32: in float64 the terms carry the float64 share, as the original's
+    `(loss * mask).mean()` does."""
+    from distillers.mlkd import correlation_gap
+    gen = torch.Generator().manual_seed(0)
+    s_w, s_s, t_w, t_s = (torch.randn(7, 100, generator=gen, dtype=torch.float64) for _ in range(4))
+    terms = mlkd(gamma=0.1, beta=0.9, kd_T=4.0).method_losses((s_w, s_s), (t_w, t_s), torch.arange(7))
+    p_t = torch.softmax(t_w, dim=1)
+    confidence = p_t.max(dim=1).values
+    share = (confidence <= confidence.median()).sum().item() / 7
+    assert share == 4 / 7
+    gaps = sum(correlation_gap(torch.softmax(s_w / T, dim=1), torch.softmax(t_w / T, dim=1), 1)
+               for T in (4.0, 3.0, 5.0, 2.0, 6.0))
+    assert terms["mlkd_bc"].item() / gaps.item() == pytest.approx(share, rel=1e-14, abs=0)
+
+
 @pytest.mark.parametrize("case", REF["cases"], ids=lambda c: f"{c['teacher']}-{c['student']}")
 @pytest.mark.parametrize("standardised", [False, True], ids=["plain", "logit_stand"])
 def test_mlkd_matches_the_original(case, logits, standardised):
