@@ -1,18 +1,20 @@
 """How many threads torch's CPU operators use (intra-op), chosen once per process.
 
-torch's default is one thread per core. Beside DataLoader workers (each single-threaded) or a
-second busy process, each parallel region then waits for a thread that has no core, and a CPU
-run crawls. Measured (`bench/threads.py`, BENCHMARKS.md; 2 cores, 2 workers, a quick-start step):
-torch's 2 threads 0.12 s against 0.18 s with 1 on an otherwise quiet machine, but 0.41 s against
-0.19 s beside one busy process, and more under heavier load: the rule gives up some idle speed
-(`num_threads` takes it back) so that other work cannot multiply a run's time.
+torch's default is one thread per core. Beside DataLoader workers (each single-threaded) every
+parallel region then waits for a thread that has no core, and a CPU run crawls; with no worker,
+a thread per core is what the run should take. So the threads are the cores less the loader
+workers. Measured (`bench/threads.py`, BENCHMARKS.md; 2 cores): with 2 workers torch's 2 threads
+oversubscribe the cores (a quick-start step 0.41 s against 0.19 s with 1 thread beside one busy
+process); with no worker 1 thread left a core idle and halved a quiet machine's KD step. Beside
+another busy process (a second run, a shared machine) no rule measured at the start can know
+what comes later: `num_threads` (or OMP_NUM_THREADS) says how many cores are the run's.
 
 The rule, first that applies:
 1. the config key `num_threads` when set (above 0);
 2. `OMP_NUM_THREADS` when set (torch read it at import; sweep.py divides the cores of packed
    CPU runs through it);
-3. on the CPU: the cores this process may use (its affinity), less one for each loader worker
-   and at least one left to the rest of the machine, at least 1 thread;
+3. on the CPU: the cores this process may use (its affinity) less one for each loader worker,
+   at least 1 thread;
 4. beside a GPU: torch's default.
 Inter-op threads are left alone: one inter-op thread changed nothing beyond noise (same bench).
 """
@@ -35,7 +37,7 @@ def choose_threads(device_type, num_threads, workers, cores, omp=None):
         return None, f"OMP_NUM_THREADS={omp}"
     if device_type != "cpu":
         return None, "torch's default"
-    return max(1, cores - max(workers, 1)), f"{counted(cores, 'core')}, {counted(workers, 'loader worker')}"
+    return max(1, cores - workers), f"{counted(cores, 'core')}, {counted(workers, 'loader worker')}"
 
 
 def set_threads(device, num_threads, workers):

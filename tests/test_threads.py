@@ -14,7 +14,8 @@ from runs import ROOT, tiny_config
 
 @pytest.mark.parametrize("device, key, workers, cores, omp, expected", [
     ("cpu", 0, 2, 2, None, (1, "2 cores, 2 loader workers")),    # the quick start on 2 cores
-    ("cpu", 0, 0, 2, None, (1, "2 cores, 0 loader workers")),    # a core left to the machine
+    ("cpu", 0, 0, 2, None, (2, "2 cores, 0 loader workers")),    # no worker: every core
+    ("cpu", 0, 1, 2, None, (1, "2 cores, 1 loader worker")),
     ("cpu", 0, 1, 16, None, (15, "16 cores, 1 loader worker")),
     ("cpu", 0, 4, 16, "", (12, "16 cores, 4 loader workers")),   # an empty variable is unset
     ("cpu", 0, 8, 4, None, (1, "4 cores, 8 loader workers")),
@@ -64,6 +65,5 @@ def logged_choice(cfg_path, omp, *overrides):
 def test_a_run_logs_and_takes_the_choice(write_cfg, synthetic_dir, tmp_path, omp, overrides, expected):
     path = write_cfg(tiny_config(synthetic_dir, "", epochs=1, lr_decay_epochs="1"))
     cores = available_cores()
-    auto = max(1, cores - 1)
-    expected = expected or f"cpu: {counted(auto, 'torch thread')} ({counted(cores, 'core')}, 0 loader workers)"
+    expected = expected or f"cpu: {counted(cores, 'torch thread')} ({counted(cores, 'core')}, 0 loader workers)"
     assert logged_choice(path, omp, *overrides, "save_folder", str(tmp_path / "run")) == expected
