@@ -1,13 +1,15 @@
 """How many threads torch's CPU operators use (intra-op), chosen once per process.
 
 torch's default is one thread per core. Beside DataLoader workers (each single-threaded) every
-parallel region then waits for a thread that has no core, and a CPU run crawls; with no worker,
-a thread per core is what the run should take. So the threads are the cores less the loader
-workers. Measured (`bench/threads.py`, BENCHMARKS.md; 2 cores): with 2 workers torch's 2 threads
-oversubscribe the cores (a quick-start step 0.41 s against 0.19 s with 1 thread beside one busy
-process); with no worker 1 thread left a core idle and halved a quiet machine's KD step. Beside
-another busy process (a second run, a shared machine) no rule measured at the start can know
-what comes later: `num_threads` (or OMP_NUM_THREADS) says how many cores are the run's.
+parallel region then waits for a thread that has no core, and a CPU run crawls; with no worker, a
+thread per core is what the run should take. So the threads are the cores less the loader workers.
+Measured (`bench/threads.py`, BENCHMARKS.md; 2 idle cores): the KD step of resnet32x4 -> resnet8x4
+with no worker 1.16 s on 2 threads (the CRD repository's loop 1.14 s), 2.21 s on the 1 thread the
+rule before kept (a core held back for "the rest of the machine"); with 2 workers, 2 threads
+oversubscribe the cores beside a busy process (a quick-start step 0.33 s against 0.18 s on 1). The
+choice depends on the machine and the config alone, not on the load at the start (a resume then
+computes as the run it continues); beside other busy processes `num_threads` (or OMP_NUM_THREADS)
+says how many cores are the run's.
 
 The rule, first that applies:
 1. the config key `num_threads` when set (above 0);
