@@ -4,7 +4,8 @@
     python evaluate.py CKPT --model NAME --dataset NAME [--json] [--batch-size N] [--device D]
 
 CKPT: any checkpoint of a run folder (<model>_best.pth, <model>_last.pth, ckpt_epoch_N.pth,
-latest.pth: the model and data set are read from the run's config.yaml beside it), a released
+latest.pth, and with model_ema <model>_ema_best.pth and <model>_ema_last.pth; latest.pth --ema: its
+EMA weights; the model and data set are read from the run's config.yaml beside it), a released
 CRD / mdistiller teacher, or torchvision's weights. Without a config the model is recognised by
 its keys and the data set by its number of classes; --model and --dataset say it outright.
 """
@@ -33,6 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=256, help="test batch size (default 256)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--ema", action="store_true", help="score the EMA weights a latest.pth holds (model_ema)")
     parser.add_argument("--check", action="store_true", help=CHECK_HELP)
     parser.add_argument("overrides", nargs="*", metavar="KEY VALUE", help="config overrides, e.g. data_dir ./data")
     return parser.parse_intermixed_args(argv)  # options before, between or after the KEY VALUE pairs
@@ -42,9 +44,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.check:
         return check_evaluation(args.checkpoint, args.cfg, args.overrides, args.model, args.dataset,
-                                args.batch_size, args.device)
+                                args.batch_size, args.device, args.ema)
     result = evaluate_checkpoint(args.checkpoint, args.cfg, args.overrides, args.model, args.dataset,
-                                 args.batch_size, args.device)
+                                 args.batch_size, args.device, args.ema)
     if args.json:
         print(json.dumps(result))
     else:

@@ -16,7 +16,8 @@ the figures of `others` in configs/paper_results.json where published); runs on 
 or pair fill a table of their own per data set. Only finished runs (latest.pth finished at the
 configured epochs) are averaged; unfinished ones are listed apart. --rule best takes each run's best test top-1 over its epochs (what the paper
 did), --rule last the top-1 after the final epoch (what the CRD repository reported), --rule val
-the test top-1 at the epoch chosen on the held-out validation images (runs with val_split).
+the test top-1 at the epoch chosen on the held-out validation images (runs with val_split), and
+--rule ema_best, ema_last, ema_val the same of the runs' EMA weights (model_ema).
 --plot writes the test-accuracy curves of each cell to a PNG (needs matplotlib).
 """
 import argparse
@@ -37,7 +38,10 @@ ROW_LABELS = {"teacher": "Teacher", VANILLA: "Student (vanilla)", "kd": "KD", "f
 PAPER_DATASET = "cifar100"
 RULES = {"best": "each run's best test top-1 over its epochs",
          "last": "each run's test top-1 after its final epoch",
-         "val": "each run's test top-1 at its best epoch on the held-out validation images (val_split)"}
+         "val": "each run's test top-1 at its best epoch on the held-out validation images (val_split)",
+         "ema_best": "each run's best test top-1 of its EMA weights (model_ema) over its epochs",
+         "ema_last": "each run's test top-1 of its EMA weights after its final epoch",
+         "ema_val": "each run's EMA test top-1 at the EMA's best epoch on the held-out validation images"}
 
 
 @dataclass
@@ -175,7 +179,9 @@ def load_run(folder, rule):
     run.value = top1(run.log, rule, epochs)
     if run.value is None:
         run.status, run.reason = "other", (
-            "log.txt has no val_acc: the run held out no validation images (val_split 0)" if rule == "val"
+            "log.txt has no ema_test_acc: the run kept no EMA of its weights (model_ema false)"
+            if rule.startswith("ema_") and not any("ema_test_acc" in f for f in run.log.values()) else
+            "log.txt has no val_acc: the run held out no validation images (val_split 0)" if rule.endswith("val")
             else f"log.txt has no test_acc for epoch {epochs} (needed by --rule {rule})")
     return run
 
@@ -413,7 +419,8 @@ def parse_args(argv):
     p.add_argument("root", help="folder searched for run folders (config.yaml + log.txt)")
     p.add_argument("--rule", default="best", choices=tuple(RULES),
                    help="best: best test epoch of each run (as the paper); last: final epoch; val: the test top-1 "
-                        "at each run's best validation epoch (runs with val_split) (default: best)")
+                        "at each run's best validation epoch (runs with val_split); ema_best, ema_last, ema_val: "
+                        "the same of the EMA weights (runs with model_ema) (default: best)")
     p.add_argument("--out", default=None, help="write the markdown here (default: stdout)")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the test-accuracy curves here")
     p.add_argument("--dataset", default=None, help="only runs on this data set (default: every one, each in its tables)")

@@ -20,6 +20,7 @@ from common.errors import UserError
 from common.resolve import resolve
 
 from . import cifar10, cifar100, imagefolder, imagenet, synthetic, tiny_imagenet
+from .timm_transform import with_timm_transforms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,10 +92,12 @@ def spec(name):
 
 def data_spec(cfg):
     """The spec of cfg's data set as this run sees it (`configure`d where the data set's class
-    count or size comes from its files or keys: imagefolder)."""
+    count or size comes from its files or keys: imagefolder), with timm's transforms and their
+    image size under `transform timm` (dataset/timm_transform.py)."""
     found = spec(cfg.dataset)
     configure = getattr(found, "configure", None)
-    return configure(found, cfg, data_root(cfg)) if configure else found
+    found = configure(found, cfg, data_root(cfg)) if configure else found
+    return with_timm_transforms(found, cfg) if cfg.get("transform", "crd") == "timm" else found
 
 
 def data_root(cfg):

@@ -23,12 +23,11 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from common.knobs import Knob, non_negative
 from models.contract import forward_with_map
 
-from .functional import hinton_kd
+from .functional import hinton_kd, task_loss
 
 
 class Distiller(nn.Module):
@@ -40,6 +39,7 @@ class Distiller(nn.Module):
     teacher_preact = False  # True: the teacher's features are pre-activation even when preact is not
     teacher_train_mode = False  # True: the teacher follows the distiller's mode (BN batch statistics)
     check_settings = {}  # config values the method battery (helper/battery.py) runs it with
+    check_pairs = ()     # (teacher, student) pairs the battery runs it on; empty: its default zoo pairs
     strong_view = False  # True: each batch of B images holds 2B, the weak views then the strong (MLKD)
     teacher_reads = ("feats", "logits")  # what losses read of the teacher: see the module docstring
     pooled_maps = False  # True: feats_s / feats_t also carry `.pooled_map`, the map each classifier pools
@@ -53,6 +53,7 @@ class Distiller(nn.Module):
             teacher.requires_grad_(False)
         self.gamma, self.alpha, self.beta = float(cfg.gamma), float(cfg.alpha), float(cfg.beta)
         self.kd_T = float(cfg.kd_T)
+        self.label_smoothing = float(cfg.get("label_smoothing", 0.0))
         self._cached_teacher = ()
 
     @property
@@ -70,6 +71,10 @@ class Distiller(nn.Module):
         if view is not None and self._cached_teacher:
             return self._cached_teacher[0](index, view)
         return self.features(self.teacher, image, self.preact or self.teacher_preact)
+
+    def student_features(self, image):
+        """(feats_s, logits_s) the method's terms read of the student (OFA-KD: its stages)."""
+        return self.features(self.student, image, self.preact)
 
     def features(self, model, image, preact):
         """(feats, logits) of `model`; feats a MapFeatures where the method reads `pooled_maps`."""
@@ -100,10 +105,10 @@ class Distiller(nn.Module):
 
     def forward(self, image, target, index=None, view=None):
         if self.needs_feats:
-            feats_s, logits_s = self.features(self.student, image, self.preact)
+            feats_s, logits_s = self.student_features(image)
         else:
             feats_s, logits_s = None, self.student(image)
-        losses = {"ce": self.gamma * F.cross_entropy(logits_s, target)}
+        losses = {"ce": self.gamma * self.task_loss(logits_s, target)}
         if self.teacher is None:
             return logits_s, losses
         with torch.no_grad():
@@ -114,6 +119,24 @@ class Distiller(nn.Module):
             terms = self.method_losses(feats_s, logits_s, feats_t, logits_t, target, index)
             losses.update({name: self.beta * value for name, value in terms.items()})
         return logits_s, losses
+
+    def task_loss(self, logits, target):
+        """The cross-entropy term (before gamma): hard labels, label-smoothed or Mixup's soft targets
+        (functional.task_loss)."""
+        return task_loss(logits, target, self.label_smoothing)
+
+    @classmethod
+    def reads_labels(cls, cfg):
+        """Whether the method's own terms read the batch's labels (DKD's target class, CRD's
+        sampling by class): such a method is refused with Mixup or CutMix, whose labels are soft.
+        The others receive the soft targets as `target` (unread); the cross-entropy takes them."""
+        return False
+
+    def no_weight_decay(self):
+        """The parameters timm's create_optimizer_v2 exempts from weight decay besides norms and
+        biases: the student's own list (a ViT's position embedding and class token)."""
+        names = self.student.no_weight_decay() if hasattr(self.student, "no_weight_decay") else ()
+        return {f"student.{name}" for name in names}
 
     @property
     def deployed(self):

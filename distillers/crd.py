@@ -101,6 +101,10 @@ class CRD(Distiller):
     # than 20 steps teach the student (at 32-d they do not)
     check_settings = {"nce_k": 64, "feat_dim": 32}
 
+    @classmethod
+    def reads_labels(cls, cfg):
+        return True  # its negatives are drawn by class
+
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
         if train_targets is None:

@@ -77,6 +77,10 @@ class CTKD(Distiller):
     needs_feats = False
     teacher_reads = ("logits",)
 
+    @classmethod
+    def reads_labels(cls, cfg):
+        return cfg.ctkd_over == "dkd"  # DKD's target and non-target parts
+
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
         self.theta = nn.Parameter(torch.ones(()))

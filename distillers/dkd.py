@@ -60,6 +60,10 @@ class DKD(Distiller):
     needs_feats = False
     teacher_reads = ("logits",)
 
+    @classmethod
+    def reads_labels(cls, cfg):
+        return True  # its target and non-target parts
+
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
         self.logit_stand = bool(cfg.logit_stand)

@@ -8,6 +8,20 @@ import torch
 import torch.nn.functional as F
 
 
+def task_loss(logits, target, smoothing=0.0):
+    """The task's cross-entropy, picked as timm's train.py picks it: soft targets (Mixup or CutMix,
+    the smoothing already in them) take timm's SoftTargetCrossEntropy, sum(-y log softmax(z)) over
+    the classes; hard labels with `smoothing` its LabelSmoothingCrossEntropy, (1 - e) NLL + e mean
+    over the classes of -log softmax(z); else F.cross_entropy. Each averaged over the batch."""
+    if target.is_floating_point():
+        from timm.loss import SoftTargetCrossEntropy
+        return SoftTargetCrossEntropy()(logits, target)
+    if smoothing:
+        from timm.loss import LabelSmoothingCrossEntropy
+        return LabelSmoothingCrossEntropy(smoothing)(logits, target)
+    return F.cross_entropy(logits, target)
+
+
 def hinton_kd(logits_s, logits_t, T):
     """Hinton et al., "Distilling the Knowledge in a Neural Network" (2015).
 

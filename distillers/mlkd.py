@@ -42,6 +42,10 @@ class MLKD(Distiller):
     teacher_reads = ("logits",)
     strong_view = True
 
+    @classmethod
+    def reads_labels(cls, cfg):
+        return True  # its two views' cross-entropy and masks
+
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
         self.logit_stand = bool(cfg.logit_stand)
@@ -50,7 +54,7 @@ class MLKD(Distiller):
     def forward(self, image, target, index=None):
         weak, strong = image.split(len(target))
         s_w, s_s = self.student(weak), self.student(strong)
-        losses = {"ce": self.gamma * (F.cross_entropy(s_w, target) + F.cross_entropy(s_s, target))}
+        losses = {"ce": self.gamma * (self.task_loss(s_w, target) + self.task_loss(s_s, target))}
         with torch.no_grad():
             t_w, t_s = self.teacher(weak), self.teacher(strong)
         if self.alpha:

@@ -25,6 +25,10 @@ class NKD(Distiller):
     needs_feats = False
     teacher_reads = ("logits",)
 
+    @classmethod
+    def reads_labels(cls, cfg):
+        return True  # its target and non-target parts
+
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
         self.non_target_weight = float(cfg.nkd_gamma)

@@ -42,6 +42,10 @@ class RLD(Distiller):
     needs_feats = False
     teacher_reads = ("logits",)
 
+    @classmethod
+    def reads_labels(cls, cfg):
+        return True  # its target class
+
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
         self.weights = float(cfg.rld_alpha), float(cfg.rld_beta)

@@ -86,6 +86,10 @@ class SDD(Distiller):
     needs_feats = True
     pooled_maps = True
 
+    @classmethod
+    def reads_labels(cls, cfg):
+        return True  # its regions' correctness weights
+
     def __init__(self, student, teacher, cfg, train_targets=None):
         super().__init__(student, teacher, cfg)
         require_classifiers_on_maps(student, teacher, "SDD")

@@ -132,7 +132,7 @@ def check_run(cfg_path, overrides, script):
 
 
 def check_evaluation(checkpoint, cfg_path=None, overrides=(), model=None, dataset_name=None,
-                     batch_size=256, device="auto"):
+                     batch_size=256, device="auto", ema=False):
     """evaluate.py --check: the checkpoint, config, model and data set resolved as evaluate.py
     resolves them, the model loaded, nothing scored; returns the exit status (module docstring)."""
     from .evaluate import load_model, resolve
@@ -141,7 +141,7 @@ def check_evaluation(checkpoint, cfg_path=None, overrides=(), model=None, datase
     report = Report("evaluation")
     report.line("config", f"{cfg_path or 'none: the defaults'} (on {device}, batch size {batch_size})")
     if os.path.isfile(checkpoint):
-        net, name = load_model(checkpoint, cfg, name, given, cfg_path)
+        net, name = load_model(checkpoint, cfg, name, given, cfg_path, ema)
         report.line("checkpoint", f"{checkpoint}: {name}, {count(net):,} parameters")
     else:
         report.problem("checkpoint", f"{checkpoint} not found: give a checkpoint file (a run folder's "

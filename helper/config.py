@@ -62,8 +62,42 @@ KEYS = [
     ("beta", 0.0, "weight of the method's own loss"),
     ("kd_T", 4.0, "temperature of Hinton's KD loss"),
     # -- the optimizer (any method)
-    ("optimizer", "sgd", "sgd, or dot (DOT: separate momenta for the task and the distillation gradients)"),
+    ("optimizer", "sgd", "sgd; adamw (timm's create_optimizer_v2: no weight decay on norms, biases and the "
+                         "model's no_weight_decay, a ViT's position embedding and class token); or dot (DOT: "
+                         "separate momenta for the task and the distillation gradients)"),
     ("dot_delta", 0.075, "DOT: task momentum = momentum - dot_delta, distillation momentum = momentum + dot_delta"),
+    ("opt_eps", 1e-8, "adamw: its eps"),
+    ("opt_betas", [], "adamw: its betas, e.g. 0.9,0.999; empty: the optimizer's"),
+    # -- timm's training recipe (README, Training recipes); the defaults are the CRD protocol
+    ("lr_schedule", "step", "step: lr_decay_rate at each of lr_decay_epochs (the CRD protocol); cosine: timm's "
+                            "CosineLRScheduler (create_scheduler_v2) from learning_rate to min_lr over the epochs"),
+    ("lr_warmup_epochs", 0, "cosine: epochs of linear warm-up from warmup_lr (timm's warmup_epochs)"),
+    ("warmup_lr", 1e-5, "cosine: the learning rate the warm-up starts from"),
+    ("min_lr", 0.0, "cosine: the learning rate it ends at"),
+    ("sched_on_updates", False, "cosine: move the schedule at every optimizer step instead of every epoch"),
+    ("label_smoothing", 0.0, "the cross-entropy's label smoothing (timm's LabelSmoothingCrossEntropy; with "
+                             "Mixup or CutMix, in their soft targets)"),
+    ("mixup", 0.0, "Mixup's alpha (timm's Mixup; the teacher sees the mixed images too); 0: off"),
+    ("cutmix", 0.0, "CutMix's alpha; 0: off"),
+    ("mixup_prob", 1.0, "Mixup/CutMix: the probability that a batch is mixed"),
+    ("mixup_switch_prob", 0.5, "Mixup/CutMix: the probability of CutMix when both are on"),
+    ("mixup_mode", "batch", "Mixup/CutMix: batch, pair or elem (one mix per batch, pair of images, image)"),
+    ("transform", "crd", "crd: the data set's own transforms (CIFAR: crop and flip); timm: timm's "
+                         "create_transform at input_size with the keys below"),
+    ("input_size", 0, "transform timm: side of the training crop and of the test image; 0: the data set's"),
+    ("auto_augment", "", "transform timm: timm's augmentation string, e.g. rand-m9-mstd0.5-inc1; empty: none"),
+    ("color_jitter", 0.4, "transform timm: colour jitter strength (timm leaves it out under auto_augment)"),
+    ("reprob", 0.0, "transform timm: random erasing probability"),
+    ("remode", "pixel", "transform timm: random erasing fill, const, rand or pixel"),
+    ("crop_pct", 0.875, "transform timm: the test image is resized to input_size / crop_pct, then centre-cropped"),
+    ("train_interpolation", "random", "transform timm: the training crop's resize, bilinear, bicubic or random"),
+    ("interpolation", "bicubic", "transform timm: the test resize, bilinear or bicubic"),
+    ("clip_grad", 0.0, "clip the gradients at this value (timm's dispatch_clip_grad); 0: off"),
+    ("clip_mode", "norm", "clip_grad: norm, value or agc"),
+    ("model_ema", False, "keep timm's ModelEmaV3 of the deployed model's weights: evaluated each epoch beside "
+                         "the model, saved as <model>_ema_best.pth and <model>_ema_last.pth"),
+    ("model_ema_decay", 0.9998, "model_ema: the decay of the average"),
+    ("model_ema_warmup", False, "model_ema: timm's decay warm-up (the decay grows with the steps)"),
     # -- ours
     ("trial", "", "run name appended to save_folder as trial_<trial> (a new trial never overwrites)"),
     ("seed", 0, "seed of every RNG (weights, data order, augmentation, CRD sampling)"),
@@ -105,7 +139,14 @@ DOC = {key: doc for key, _, doc in KEYS}
 DEFAULTS = {key: default for key, default, _ in KEYS}
 CHOICES = {
     "amp": ("off", "bf16", "fp16"),
-    "optimizer": ("sgd", "dot"),
+    "optimizer": ("sgd", "adamw", "dot"),
+    "lr_schedule": ("step", "cosine"),
+    "mixup_mode": ("batch", "pair", "elem"),
+    "transform": ("crd", "timm"),
+    "remode": ("const", "rand", "pixel"),
+    "train_interpolation": ("bilinear", "bicubic", "random"),
+    "interpolation": ("bilinear", "bicubic"),
+    "clip_mode": ("norm", "value", "agc"),
 }
 # Keys that may differ between a run and its resumption without changing the result.
 HARMLESS_ON_RESUME = ("print_freq", "num_workers", "num_threads", "epochs", "resume", "device", "save_freq",
@@ -219,7 +260,29 @@ def coerce(key, value, default):
         raise UserError(f"config key '{key}' expects {kind}, got {value!r}") from None
 
 
-def read_yaml(path):
+BASE = "base"  # a config file's key: the file(s) whose keys it starts from, its own keys over them
+
+
+def read_yaml(path, _within=()):
+    """The keys of a YAML config file, those of its `base` file(s) first (paths relative to the
+    file; a base may have a base): `base: ../recipes/vit_mlp.yaml` puts a training recipe under
+    a method's config."""
+    data = _read_one(path)
+    bases = data.pop(BASE, None)
+    if bases is None:
+        return data
+    merged = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        full = os.path.normpath(os.path.join(os.path.dirname(path), str(base)))
+        if full in _within or full == os.path.normpath(path):
+            raise UserError(f"config {path} takes {base} as its base, which takes it back: a cycle of base files")
+        if not os.path.isfile(full):
+            raise UserError(f"config {path}: its base {base} ({full}) is not a file")
+        merged.update(read_yaml(full, _within + (os.path.normpath(path),)))
+    return {**merged, **data}
+
+
+def _read_one(path):
     if not os.path.exists(path):
         raise UserError(f"config file not found: {path}")
     if os.path.isdir(path):
@@ -285,7 +348,8 @@ def validate(cfg, script, knobs=None):
         if cfg[key] <= 0:
             raise UserError(f"'{key}' must be positive, got {cfg[key]}")
     for key in ("num_workers", "num_threads", "init_epochs", "weight_decay", "momentum", "lr_decay_rate",
-                "gamma", "alpha", "beta", "synthetic_noise", "teacher_input_size"):
+                "gamma", "alpha", "beta", "synthetic_noise", "teacher_input_size", "lr_warmup_epochs", "warmup_lr",
+                "min_lr", "mixup", "cutmix", "input_size", "reprob", "clip_grad"):
         if cfg[key] < 0:
             raise UserError(f"'{key}' must not be negative, got {cfg[key]}")
     if not 0 <= cfg.val_split < 1:
@@ -296,7 +360,7 @@ def validate(cfg, script, knobs=None):
     epochs = cfg.lr_decay_epochs
     if any(b <= a for a, b in zip(epochs, epochs[1:])) or any(e < 1 for e in epochs):
         raise UserError(f"'lr_decay_epochs' must be positive and increasing, got {epochs}")
-    if epochs and epochs[-1] > cfg.epochs:
+    if cfg.lr_schedule == "step" and epochs and epochs[-1] > cfg.epochs:
         raise UserError(f"lr decay epoch {epochs[-1]} is beyond epochs={cfg.epochs}; "
                         f"set lr_decay_epochs (e.g. lr_decay_epochs {max(1, cfg.epochs // 2)})")
     for key, allowed in CHOICES.items():
@@ -310,6 +374,7 @@ def validate(cfg, script, knobs=None):
                         "use amp bf16 or off")
     if cfg.optimizer == "dot":
         _check_dot(cfg, script)
+    _check_recipe(cfg)
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise UserError(f"'device' must be auto, cpu, cuda or cuda:N, got '{cfg.device}'")
     for key in model_keys(script):
@@ -323,6 +388,44 @@ def validate(cfg, script, knobs=None):
     if trained in LOW_LR_MODELS and cfg.dataset == "cifar100" and cfg.learning_rate != 0.01:
         warnings.warn(f"{trained} is trained at learning_rate 0.01 in the paper's protocol; "
                       f"this run uses {cfg.learning_rate}", stacklevel=2)
+
+
+def _check_recipe(cfg):
+    """The recipe keys (helper/recipe.py, dataset/timm_transform.py): values timm refuses, and keys that
+    would do nothing in this config."""
+    for key, low, high, text in (("label_smoothing", 0, 1, "in [0, 1)"), ("mixup_prob", 0, 1.01, "in [0, 1]"),
+                                 ("mixup_switch_prob", 0, 1.01, "in [0, 1]"), ("model_ema_decay", 1e-12, 1, "in (0, 1)")):
+        if not low <= cfg[key] < high or cfg[key] > 1:
+            raise UserError(f"'{key}' must be {text}, got {cfg[key]}")
+    if cfg.opt_eps <= 0:
+        raise UserError(f"'opt_eps' must be positive, got {cfg.opt_eps}")
+    if cfg.opt_betas and (len(cfg.opt_betas) != 2 or not all(0 <= b < 1 for b in cfg.opt_betas)):
+        raise UserError(f"'opt_betas' takes two values in [0, 1), e.g. 0.9,0.999, got {cfg.opt_betas}")
+    if cfg.lr_schedule == "step" and (cfg.lr_warmup_epochs or cfg.sched_on_updates):
+        raise UserError("lr_warmup_epochs and sched_on_updates are the cosine schedule's: set lr_schedule cosine")
+    if cfg.lr_schedule == "cosine" and cfg.lr_warmup_epochs >= cfg.epochs:
+        raise UserError(f"a warm-up of {cfg.lr_warmup_epochs} epochs leaves nothing of the {cfg.epochs} epochs' "
+                        f"cosine: set lr_warmup_epochs below epochs")
+    if cfg.lr_schedule == "cosine" and cfg.min_lr > cfg.learning_rate:
+        raise UserError(f"min_lr {cfg.min_lr} is above learning_rate {cfg.learning_rate}: the cosine would climb")
+    timm_keys = [key for key in ("input_size", "auto_augment", "reprob") if cfg[key]]
+    if cfg.transform == "crd" and timm_keys:
+        raise UserError(f"{', '.join(timm_keys)} shape timm's transforms: set transform timm (or remove them)")
+    if cfg.transform == "timm":
+        from dataset.timm_transform import check_augment
+        check_augment(cfg.auto_augment)
+    if (cfg.mixup or cfg.cutmix) and cfg.batch_size % 2:
+        raise UserError(f"Mixup and CutMix pair the images of a batch, so batch_size must be even, got "
+                        f"{cfg.batch_size}")
+    if cfg.clip_grad and cfg.optimizer == "dot":
+        raise UserError("clip_grad with optimizer dot: DOT keeps the task and distillation gradients apart, "
+                        "which one clip of their sum does not: remove clip_grad or set optimizer sgd")
+    if cfg.cuda_graph and (cfg.clip_grad or cfg.optimizer == "adamw"):
+        raise UserError("cuda_graph captures SGD's step alone (its rate a device tensor): set cuda_graph false "
+                        "with clip_grad or optimizer adamw")
+    if cfg.transform == "timm" and cfg.fast:
+        raise UserError("the fast path crops and flips on the device and cannot make timm's transforms: set fast "
+                        "false with transform timm")
 
 
 def _check_dot(cfg, script):

@@ -25,9 +25,15 @@ from .trainer import diverged_score, evaluate, pick_device
 RUN_CONFIG = "config.yaml"
 
 
-def checkpoint_weights(obj, path):
+def checkpoint_weights(obj, path, ema=False):
     """The model's state dict in a loaded checkpoint; `latest.pth` holds it as the distiller's
-    `student.` entries."""
+    `student.` entries, and with `ema` its EMA weights (model_ema) as they are."""
+    if ema:
+        kept = obj.get("recipe") if isinstance(obj, dict) else None
+        if not kept or "ema" not in kept:
+            raise UserError(f"{path} holds no EMA weights: --ema reads a latest.pth of a run with model_ema true "
+                            f"(its <model>_ema_best.pth and _ema_last.pth are scored as they are, without --ema)")
+        return model_state_dict(kept["ema"], path)
     if isinstance(obj, dict) and isinstance(obj.get("distiller"), dict):
         obj = {k[len("student."):]: v for k, v in obj["distiller"].items() if k.startswith("student.")}
     return model_state_dict(obj, path)
@@ -115,9 +121,10 @@ def resolve(checkpoint, cfg_path=None, overrides=(), model=None, dataset_name=No
     return cfg, name, given, cfg_path, pick_device(device)
 
 
-def load_model(checkpoint, cfg, name, given, cfg_path):
-    """(the checkpoint's model, in eval mode, and its name); sets cfg.dataset when not given."""
-    weights = checkpoint_weights(load_checkpoint(checkpoint), checkpoint)
+def load_model(checkpoint, cfg, name, given, cfg_path, ema=False):
+    """(the checkpoint's model, in eval mode, and its name); sets cfg.dataset when not given.
+    `ema`: the EMA weights of a latest.pth."""
+    weights = checkpoint_weights(load_checkpoint(checkpoint), checkpoint, ema)
     if not given:
         cfg.dataset = _dataset_of(_classes(weights), checkpoint)
     classes = dataset.data_spec(cfg).num_classes
@@ -129,13 +136,13 @@ def load_model(checkpoint, cfg, name, given, cfg_path):
 
 
 def evaluate_checkpoint(checkpoint, cfg_path=None, overrides=(), model=None, dataset_name=None,
-                        batch_size=256, device="auto"):
+                        batch_size=256, device="auto", ema=False):
     """Load `checkpoint` into its architecture and score it on its data set's test split:
     {checkpoint, model, dataset, images, top1, top5, loss, threads (the line of helper/threads.py)}.
     Every bad input is a UserError."""
     cfg, name, given, cfg_path, device = resolve(checkpoint, cfg_path, overrides, model, dataset_name, batch_size,
                                                  device)
-    net, name = load_model(checkpoint, cfg, name, given, cfg_path)
+    net, name = load_model(checkpoint, cfg, name, given, cfg_path, ema)
     threads = set_threads(device, cfg.num_threads, cfg.num_workers)
     result = score(net, cfg, device, batch_size, cfg.num_workers)
     why = diverged_score(result)

@@ -105,8 +105,7 @@ def vanilla_config(model, roots=()):
 def row_of(config):
     """(method, variants): what a config (a dict) runs as a row of the tables. method is the class
     of `distill` (its name when it does not resolve here: a plugin not installed); variants the
-    (key, value) of its knobs declared `variant` that leave their default, then the optimizer
-    when not sgd."""
+    (key, value) of its knobs declared `variant` that leave their default, then `optimizer dot`."""
     from common.knobs import declared_knobs
     from common.resolve import add_plugin_paths
     from distillers import method_class
@@ -118,8 +117,8 @@ def row_of(config):
     except UserError:
         method, knobs = name, ()
     variants = [(k.name, config[k.name]) for k in knobs if k.variant and config.get(k.name, k.default) != k.default]
-    optimizer = str(config.get("optimizer", "sgd")).lower()
-    return method, tuple(variants) + ((("optimizer", optimizer),) if optimizer != "sgd" else ())
+    optimizer = str(config.get("optimizer", "sgd")).lower()  # DOT makes a row; AdamW is a recipe's, not a method's
+    return method, tuple(variants) + ((("optimizer", optimizer),) if optimizer == "dot" else ())
 
 
 def row_names(roots=()):
@@ -268,12 +267,16 @@ def read_log(folder):
 def top1(log, rule, epochs):
     """The run's figure under `rule`: best = highest test top-1 of any epoch (and the best_acc the
     loop kept), last = test top-1 of epoch `epochs`, val = test top-1 of the first epoch of highest
-    validation top-1 (a run with val_split: the checkpoint it chose). None when the log does not say."""
+    validation top-1 (a run with val_split: the checkpoint it chose); ema_best, ema_last, ema_val the
+    same of the EMA weights (model_ema). None when the log does not say."""
+    ema = rule.startswith("ema_")
+    rule, test, val = (rule[4:], "ema_test_acc", "ema_val_acc") if ema else (rule, "test_acc", "val_acc")
     if rule == "best":
-        values = [f["test_acc"] for f in log.values()] + [f["best_acc"] for f in log.values() if "best_acc" in f]
+        values = [f[test] for f in log.values() if test in f]
+        values += [] if ema else [f["best_acc"] for f in log.values() if "best_acc" in f]
         return max(values) if values else None
     if rule == "val":
-        scored = [(f["val_acc"], -epoch, f["test_acc"]) for epoch, f in log.items() if "val_acc" in f]
+        scored = [(f[val], -epoch, f[test]) for epoch, f in log.items() if val in f and test in f]
         return max(scored)[2] if scored else None
     final = log.get(epochs)
-    return None if final is None else final["test_acc"]
+    return None if final is None else final.get(test)

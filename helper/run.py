@@ -2,7 +2,8 @@
 
 Files (CRD's checkpoint format, so other tools read them): `config.yaml`, `log.txt`,
 `tensorboard/`, `<model>_best.pth` {epoch, model, best_acc}, `ckpt_epoch_N.pth`
-{epoch, model, accuracy}, `<model>_last.pth` {opt, model, epoch, best_acc}, and `latest.pth`
+{epoch, model, accuracy}, `<model>_last.pth` {opt, model, epoch, best_acc}, with `model_ema`
+`<model>_ema_best.pth` and `<model>_ema_last.pth` (the EMA weights), and `latest.pth`
 (everything a resume needs), and on CUDA `peak_memory.json` (helper/packing.py). Every file is
 written atomically: complete or absent. `.lock` is held by the process that trains the folder.
 """
@@ -144,14 +145,17 @@ class RunFolder:
 
     def save_epoch(self, model, epoch, accuracy, best_acc, improved):
         if improved:
-            self.save(f"{self.model_name}_best.pth",
-                      {"epoch": epoch, "model": model.state_dict(), "best_acc": best_acc})
+            self.save_best(model, epoch, best_acc)
         if epoch % self.config_dict["save_freq"] == 0:
             self.save(f"ckpt_epoch_{epoch}.pth", {"epoch": epoch, "model": model.state_dict(), "accuracy": accuracy})
 
-    def save_last(self, model, epoch, best_acc):
-        self.save(f"{self.model_name}_last.pth", {"opt": self.config_dict, "model": model.state_dict(),
-                                                   "epoch": epoch, "best_acc": best_acc})
+    def save_best(self, model, epoch, best_acc, kind=""):
+        """<model>_best.pth, or <model>_ema_best.pth for the EMA weights (kind "ema_")."""
+        self.save(f"{self.model_name}_{kind}best.pth", {"epoch": epoch, "model": model.state_dict(), "best_acc": best_acc})
+
+    def save_last(self, model, epoch, best_acc, kind=""):
+        self.save(f"{self.model_name}_{kind}last.pth", {"opt": self.config_dict, "model": model.state_dict(),
+                                                         "epoch": epoch, "best_acc": best_acc})
 
     def save_latest(self, state):
         """Keep the previous state as latest.prev.pth, then write the new one."""

@@ -20,6 +20,25 @@ from .threads import set_threads
 from .trainer import Trainer, evaluate, pick_device, seed_everything
 
 
+def check_recipe(cfg, world_size):
+    """What timm's recipe keys ask of the method and the processes: Mixup's soft labels a method
+    that reads labels cannot take, an even share of each batch for Mixup to pair, a second view
+    that timm's transforms do not make."""
+    from distillers import method_class
+    method = method_class(cfg.distill)[0]
+    if cfg.mixup or cfg.cutmix:
+        if method.reads_labels(cfg):
+            raise UserError(f"method '{cfg.distill}' reads the batch's labels, which Mixup and CutMix make soft "
+                            f"(README, Training recipes): set mixup 0 and cutmix 0, or choose another method")
+        if (cfg.batch_size // world_size) % 2:
+            raise UserError(f"Mixup and CutMix pair the images of each process's batch, but batch_size "
+                            f"{cfg.batch_size} gives {cfg.batch_size // world_size} to each of {world_size} "
+                            f"processes: set a batch_size that gives an even share")
+    if cfg.transform == "timm" and method.strong_view:
+        raise UserError(f"method '{cfg.distill}' makes its own strong view after the data set's crop and flip, "
+                        f"which transform timm replaces: set transform crd")
+
+
 def check_method(cfg, world_size):
     """What the method asks of the run: a batch (per rank) of at least `min_batch` samples, a
     step that a CUDA graph can hold when cuda_graph is on, and teacher outputs that the teacher
@@ -57,6 +76,7 @@ class Session:
         self.cfg = cfg = load_config(cfg_path, overrides, script)
         self.ctx = ctx = distributed.context() if check else distributed.init(cfg.device, cfg.ddp_init_timeout)
         distributed.check_batch(cfg.batch_size, ctx)
+        check_recipe(cfg, ctx.world_size)
         if script == "student":
             check_method(cfg, ctx.world_size)
         self.device = pick_device(cfg.device)
@@ -204,7 +224,8 @@ class Session:
         try:
             self.open_run_folder()
             trainer = Trainer(self.cfg, distiller, self.train_loader, self.test_loader, self.run,
-                              self.logger, self.device, self.ctx, val_loader=self.val_loader, min_batch=min_batch)
+                              self.logger, self.device, self.ctx, val_loader=self.val_loader, min_batch=min_batch,
+                              num_classes=self.spec.num_classes)
             return trainer.fit(self.run.resume_state)
         finally:
             if self.logger is not None:

@@ -66,6 +66,9 @@ def check(cfg, method):
     if method.strong_view:
         raise UserError(f"method '{name}' runs the teacher on a second, strongly augmented view of each image, "
                         f"which has no finite set of views to cache: set teacher_cache off")
+    if cfg.mixup or cfg.cutmix:
+        raise UserError("Mixup and CutMix show the teacher mixed images, which no cache of the data set's views "
+                        "holds: set teacher_cache off")
     if method.teacher_train_mode:
         raise UserError(f"method '{name}' runs the teacher in train mode (batch statistics), so its outputs "
                         f"depend on the batch and cannot be cached: set teacher_cache off")

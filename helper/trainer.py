@@ -2,8 +2,10 @@
 whatever the distiller returns is summed, logged term by term and back-propagated.
 
 Epoch e (counted from 1) runs at learning_rate * lr_decay_rate^k, k = number of decay epochs
-below e. Every RNG is re-seeded from (seed, e) at the start of each epoch, and `latest.pth` is
-written at the end of each epoch, so a run interrupted anywhere resumes bit-identically.
+below e, or at timm's cosine schedule's rate; the rest of timm's recipe (Mixup, clipping, EMA)
+comes through helper/recipe.py. Every RNG is re-seeded from (seed, e) at the start of each epoch,
+and `latest.pth` is written at the end of each epoch, so a run interrupted anywhere resumes
+bit-identically.
 
 SIGUSR1 or SIGUSR2 (a cluster's preemption or time-limit warning: Slurm's, or what sweep.py's
 Slurm jobs forward) stop the run at the next step boundary of a main-training epoch and save
@@ -28,6 +30,7 @@ from . import distributed
 from .dot import DOT
 from .logger import Progress
 from .packing import write_peak_memory
+from .recipe import Recipe, timm_optimizer
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -86,11 +89,6 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def learning_rate(cfg, epoch):
-    decays = sum(epoch > e for e in cfg.lr_decay_epochs)
-    return cfg.learning_rate * cfg.lr_decay_rate ** decays
 
 
 def accuracy(logits, target, ks=(1, 5)):
@@ -193,7 +191,7 @@ class Trainer:
     """Runs the epochs of one run folder (`run`: see helper/run.py) for one distiller."""
 
     def __init__(self, cfg, distiller, train_loader, test_loader, run, logger, device,
-                 ctx=distributed.Context(), val_loader=None, min_batch=1):
+                 ctx=distributed.Context(), val_loader=None, min_batch=1, num_classes=None):
         self.cfg, self.distiller, self.run, self.logger, self.device = cfg, distiller, run, logger, device
         # a final batch smaller than this is dropped: the method's losses or the models' BatchNorms
         # (helper/session.py `min_batch`) are not defined on it
@@ -210,6 +208,7 @@ class Trainer:
         # modules it trains only in its init stage, AB's connectors, FT's paraphraser)
         trained = [p for p in distiller.parameters() if p.requires_grad]
         self.optimizer = self.make_optimizer(trained, graphed=cfg.cuda_graph, main=True)
+        self.recipe = Recipe(cfg, distiller, len(train_loader) if train_loader is not None else 1, num_classes)
         self.train_step = functools.partial(self.step, self.optimizer, self.model)
         if cfg.cuda_graph:
             self.train_step = GraphedStep(self.train_step)
@@ -220,11 +219,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
 
     def make_optimizer(self, params, graphed=False, main=False, lr=None):
-        """SGD with the config's momentum and weight decay; DOT for the main training when
-        `optimizer dot`. `lr`: the init stage's own rate (None: the config's)."""
+        """SGD with the config's momentum and weight decay; DOT or timm's AdamW for the main
+        training when the config says. `lr`: the init stage's own rate (None: the config's)."""
         cfg = self.cfg
         if main and cfg.optimizer == "dot":
             return DOT(params, cfg.learning_rate, cfg.momentum, cfg.dot_delta, cfg.weight_decay)
+        if main and cfg.optimizer == "adamw":
+            return timm_optimizer(cfg, self.distiller)
         lr = self.lr if graphed else (lr or cfg.learning_rate)
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                fused=True if graphed else None)
@@ -251,6 +252,7 @@ class Trainer:
             "init_optimizer": init_optimizer.state_dict() if init_optimizer else None,
             "config": self.run.config_dict,
             "finished": finished,
+            "recipe": self.recipe.state(),
         }
 
     def restore(self, state):
@@ -264,6 +266,7 @@ class Trainer:
         self.start_epoch = state["epoch"] + 1
         self.init_done = state["init_done"]
         self.partial = state.get("partial")  # an epoch stopped at a step (preemption)
+        self.recipe.load_state(state.get("recipe"))
         return state.get("init_optimizer")
 
     # -- steps --------------------------------------------------------------------------------
@@ -300,6 +303,9 @@ class Trainer:
         else:
             self.scaler.scale(loss).backward()
             distributed.average_gradients(average)
+            if optimizer is self.optimizer and self.cfg.clip_grad:
+                self.scaler.unscale_(optimizer)
+                self.recipe.clip(optimizer)
             self.scaler.step(optimizer)
             self.scaler.update()
         # detached: a caller holding them must not keep this step's autograd graph alive
@@ -347,14 +353,21 @@ class Trainer:
                 if step == done:  # where it stopped: its RNG states, then on as it would have gone
                     set_rng_state(saved["rng"])
                     progress.update(done - (step % read_every == 0 or step == len(self.train_loader)))
-                # a final batch too small for the method or the models is dropped (the same on
-                # every rank: the ranks' shares have equal sizes)
-                elif len(target) >= self.min_batch:
+                # a final batch too small for the method, the models or Mixup is dropped (the same
+                # on every rank: the ranks' shares have equal sizes)
+                elif len(target) >= self.min_batch and self.recipe.trains(len(target)):
                     image = image.to(self.device, non_blocking=True)
                     target = target.to(self.device, non_blocking=True)
                     index = index.to(self.device, non_blocking=True)
                     view = [v.to(self.device, non_blocking=True) for v in view]
-                    logits, losses, loss = step_fn(image, target, index, *view)
+                    taught = target
+                    if epoch is not None:  # the main training: the recipe's rate and mixing
+                        if self.recipe.per_step:
+                            self.set_lr(self.recipe.lr(epoch, step))
+                        image, taught = self.recipe.mix(image, target)
+                    logits, losses, loss = step_fn(image, taught, index, *view)
+                    if epoch is not None:
+                        self.recipe.update_ema(self.distiller, epoch, step)
                     n = len(target)
                     seen += n
                     for name, value in losses.items():
@@ -470,6 +483,8 @@ class Trainer:
             for epoch in range(self.start_epoch, self.cfg.epochs + 1):
                 self.one_epoch(epoch)
         self.run.save_last(self.distiller.deployed, self.cfg.epochs, self.best_acc)
+        if self.recipe.ema is not None:
+            self.run.save_last(self.recipe.ema.module, self.cfg.epochs, self.recipe.ema_best, kind="ema_")
         self.run.save_latest(self.state(self.cfg.epochs, finished=True))
         if self.val_loader is None:
             self.logger.message(f"done: best top-1 {self.best_acc:.2f} in {self.run.path}")
@@ -479,8 +494,24 @@ class Trainer:
         distributed.barrier()
         return self.best_acc
 
+    def evaluate_ema(self, epoch):
+        """Score the EMA weights as the model is scored (test, and val when held out), keep their
+        best checkpoint (chosen on val when held out, else on test); their log fields."""
+        ema = self.recipe.ema.module
+        test = evaluate(ema, self.test_loader, self.device)
+        fields = {"ema_test_acc": test["top1"]}
+        chosen = test["top1"]
+        if self.val_loader is not None:
+            chosen = fields["ema_val_acc"] = evaluate(ema, self.val_loader, self.device)["top1"]
+        improved = chosen > self.recipe.ema_best or not self.recipe.ema_best_epoch
+        if improved:
+            self.recipe.ema_best, self.recipe.ema_best_epoch = chosen, epoch
+            self.run.save_best(ema, epoch, self.recipe.ema_best, kind="ema_")
+        fields["ema_best_acc"] = self.recipe.ema_best
+        return fields
+
     def one_epoch(self, epoch):
-        lr = learning_rate(self.cfg, epoch)
+        lr = self.recipe.lr(epoch)
         self.set_lr(lr)
         self.set_epoch("train", epoch)
         self.distiller.train()
@@ -514,6 +545,8 @@ class Trainer:
         if val is not None:
             tested["test_at_best_val"] = self.test_at_best
         self.run.save_epoch(self.distiller.deployed, epoch, chosen, self.best_acc, improved)
+        if self.recipe.ema is not None and test is not None:
+            tested.update(self.evaluate_ema(epoch))
         self.run.save_latest(self.state(epoch))
         if self.device.type == "cuda":  # what sweep.py --runs-per-gpu sizes its packing by
             write_peak_memory(self.run.path, self.device)

@@ -76,8 +76,14 @@ def launch(world_size, cfg_path, out_dir, toy=False, script="train_teacher.py", 
         assert time.time() < deadline, f"{world_size} ranks still running after {timeout} s"
 
 
-def test_two_ranks_end_bit_identical(write_cfg, synthetic_dir, tmp_path):
-    cfg = write_cfg(tiny_config(synthetic_dir, str(tmp_path / "run"), model="resnet8"))
+RECIPE = dict(optimizer="adamw", learning_rate=1e-3, weight_decay=0.05, lr_schedule="cosine", lr_warmup_epochs=1,
+              sched_on_updates=True, label_smoothing=0.1, mixup=0.8, cutmix=1.0, transform="timm",
+              auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25, clip_grad=1.0, model_ema=True)
+
+
+@pytest.mark.parametrize("recipe", [{}, RECIPE], ids=["crd_protocol", "timm_recipe"])
+def test_two_ranks_end_bit_identical(recipe, write_cfg, synthetic_dir, tmp_path):
+    cfg = write_cfg(tiny_config(synthetic_dir, str(tmp_path / "run"), model="resnet8", **recipe))
     launch(2, cfg, tmp_path, toy=False)
     a, b = (torch.load(tmp_path / f"rank{r}_of2.pt") for r in range(2))
     assert a.keys() == b.keys()

@@ -1,5 +1,6 @@
 """Exact resume: a run killed mid-epoch (SIGKILL) or stopped (SIGTERM) and run again ends with
-weights bit-identical to the same run uninterrupted: teacher training, ASKD and CRD."""
+weights bit-identical to the same run uninterrupted: teacher training, ASKD, CRD, and KD with every
+part of timm's recipe on."""
 import os
 import signal
 import time
@@ -16,6 +17,14 @@ METHODS = {
     "teacher": ("train_teacher.py", {}),
     "ASKD": ("train_student.py", dict(STUDENT, distill="ASKD", r=2)),
     "crd": ("train_student.py", dict(STUDENT, distill="crd", beta=0.8, nce_k=64, feat_dim=16)),
+    # KD with every part of timm's recipe on: AdamW, a per-step cosine with warm-up, smoothing, Mixup
+    # and CutMix, RandAugment and random erasing, clipping, the EMA
+    "recipe": ("train_student.py", dict(STUDENT, distill="kd", alpha=0.9, beta=0.0, optimizer="adamw",
+                                        learning_rate=1e-3, weight_decay=0.05, lr_schedule="cosine",
+                                        lr_warmup_epochs=1, sched_on_updates=True, min_lr=1e-5,
+                                        label_smoothing=0.1, mixup=0.8, cutmix=1.0, transform="timm",
+                                        auto_augment="rand-m9-mstd0.5-inc1", reprob=0.25, clip_grad=1.0,
+                                        model_ema=True, model_ema_decay=0.9)),
 }
 
 
@@ -62,6 +71,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(method, write_cfg, synth
     whole = load_checkpoint(str(tmp_path / "whole" / "latest.pth"))["distiller"]
     resumed = load_checkpoint(os.path.join(folder, "latest.pth"))["distiller"]
     assert_same_weights(whole, resumed)  # CRD memory banks and Z, ASKD's 1x1 conv too
+    if method == "recipe":  # the EMA's weights, and its best checkpoint
+        for name in ("resnet8_ema_last.pth", "resnet8_ema_best.pth"):
+            assert_same_weights(weights(str(tmp_path / "whole" / name)), weights(os.path.join(folder, name)))
 
 
 def test_sigterm_stops_cleanly_and_keeps_the_last_epoch(write_cfg, synthetic_dir, tmp_path, teacher_file):

@@ -6,7 +6,7 @@ import torch
 
 from helper.checkpoint import load_checkpoint
 from helper.config import get_cfg_defaults
-from helper.trainer import learning_rate
+from helper.recipe import step_decay as learning_rate
 from models import model_dict
 from runs import assert_same_weights, run_script, tiny_config, weights
 
