@@ -16,17 +16,25 @@ TAG = "ASKD_TEST_PROCESS"
 
 
 def tagged(tag):
-    """The pids of the processes (this one aside) whose environment carries `tag`."""
+    """The pids of the processes whose environment carries `tag`: this one aside, and this one's
+    multiprocessing resource tracker (started by a test's spawn, it serves this process's later
+    tests too)."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as f:
-                if f"{TAG}={tag}".encode() in f.read().split(b"\0"):
-                    pids.append(int(entry))
+                if f"{TAG}={tag}".encode() not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
         except OSError:  # gone, or not ours to read
             continue
+        if not (parent == os.getpid() and b"multiprocessing.resource_tracker" in command):
+            pids.append(int(entry))
     return pids
 
 

@@ -216,7 +216,7 @@ REFUSALS = {
 def test_dot_refusals_through_the_scripts(case, small_data, tmp_path, write_cfg, teacher_file, monkeypatch):
     script, extra, expected = REFUSALS[case]
     if case == "DDP":  # two ranks as torchrun would start them, without the process group
-        monkeypatch.setattr(distributed, "init", lambda device: distributed.Context(0, 2, 0))
+        monkeypatch.setattr(distributed, "init", lambda *args: distributed.Context(0, 2, 0))
     run = tmp_path / "run"
     code, out, err = run_script(script, write_cfg(kd_dot_config(small_data, str(run), teacher_file, **extra)))
     assert code == 2, out + err
