@@ -19,8 +19,8 @@ def parse_args(argv=None):
                                      epilog="example: python check_method.py dkd --pairs resnet14:resnet8")
     parser.add_argument("method", metavar="NAME", help="a built-in method, PACKAGE.MODULE:CLASS, or a plugin's name")
     parser.add_argument("--pairs", nargs="+", metavar="TEACHER:STUDENT",
-                        help="model pairs (default: resnet14:resnet8 wrn_16_2:ShuffleV1; the first one that "
-                             "builds runs the training checks)")
+                        help="model pairs, a library's as timm:NAME (default: the method's check_pairs, else "
+                             "resnet14:resnet8 wrn_16_2:ShuffleV1; the first one that builds runs the training checks)")
     parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="a config value for every run of the battery (repeatable)")
     parser.add_argument("--no-ddp", action="store_true", help="skip the 2-process check")
@@ -31,15 +31,10 @@ def parse_args(argv=None):
 def main(argv=None):
     import torch
 
-    from common.errors import UserError
     from common.resolve import add_plugin_paths
-    from helper.battery import DEFAULT_PAIRS, exit_status, run_battery, table
+    from helper.battery import exit_status, parse_pair, run_battery, table
     args = parse_args(argv)
-    pairs = DEFAULT_PAIRS
-    if args.pairs:
-        if any(p.count(":") != 1 for p in args.pairs):
-            raise UserError(f"--pairs takes TEACHER:STUDENT, got {' '.join(args.pairs)}")
-        pairs = [tuple(p.split(":")) for p in args.pairs]
+    pairs = [parse_pair(p) for p in args.pairs] if args.pairs else None
     torch.set_num_threads(1)
     add_plugin_paths()
     checks = run_battery(args.method, pairs, args.set, ddp=not args.no_ddp)

@@ -53,7 +53,8 @@ class Knob:
     @property
     def meaning(self):
         """What two declarations of one name must agree on."""
-        return type(self.default), self.default, self.doc, self.rule.text if self.rule else None
+        default = tuple(self.default) if isinstance(self.default, list) else self.default  # (hashable)
+        return type(self.default), default, self.doc, self.rule.text if self.rule else None
 
     def check(self, value, owner):
         if self.rule is not None and not self.rule.holds(value):

@@ -16,6 +16,7 @@ from .base import Distiller, Vanilla
 from .cc import CC
 from .crd import CRD
 from .ctkd import CTKD
+from .deit import DeiT
 from .dist import DIST
 from .dkd import DKD
 from .factor import FT
@@ -27,6 +28,7 @@ from .luminet import LumiNet
 from .mlkd import MLKD
 from .nkd import NKD
 from .nst import NST
+from .ofa import OFA
 from .ofd import OFD
 from .pkt import PKT
 from .reviewkd import ReviewKD
@@ -71,6 +73,8 @@ METHODS = {
     "catkd": CATKD,
     "sdd": SDD,
     "simkd": SimKD,
+    "ofa": OFA,
+    "deit": DeiT,
 }
 
 
@@ -143,5 +147,5 @@ def build(cfg, student, teacher=None, train_targets=None):
 
 
 __all__ = ["METHODS", "Distiller", "build", "builtin_knob_owners", "distiller_names", "method_class", "method_names",
-           "AB", "ASKD", "AT", "CATKD", "CC", "CRD", "CTKD", "DIST", "DKD", "FSP", "FT", "FitNet", "HKD", "KDSVD",
-           "LumiNet", "MLKD", "NKD", "NST", "OFD", "PKT", "RKD", "RLD", "SDD", "SP", "SRD", "SimKD", "TTM", "VID", "Vanilla", "WTTM"]
+           "AB", "ASKD", "AT", "CATKD", "CC", "CRD", "CTKD", "DIST", "DKD", "DeiT", "FSP", "FT", "FitNet", "HKD", "KDSVD",
+           "LumiNet", "MLKD", "NKD", "NST", "OFA", "OFD", "PKT", "RKD", "RLD", "SDD", "SP", "SRD", "SimKD", "TTM", "VID", "Vanilla", "WTTM"]

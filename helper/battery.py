@@ -419,18 +419,21 @@ class Battery:
 
     def min_batch(self):
         from helper.session import check_method
+        from models.contract import smallest_trainable_batch
         need = self.cls.min_batch
         cfg, distiller, batch = self.fresh()
+        models = max(smallest_trainable_batch(distiller.student, 32), 1)  # a student's own (BatchNorm on 1x1)
         distiller.train()
         _full_warm_up(distiller, cfg)
         with torch.no_grad():
-            _, losses = distiller(*take(batch, need))
+            _, losses = distiller(*take(batch, max(need, models)))
         bad = [k for k, v in losses.items() if not torch.isfinite(v)]
         if bad:
-            return "fail", (f"declares min_batch {need}, but a batch of {need} gives a non-finite "
+            return "fail", (f"declares min_batch {need}, but a batch of {max(need, models)} gives a non-finite "
                             f"{', '.join(bad)}: declare min_batch = {need + 1}")
         if need == 1:
-            return "pass", "min_batch 1: a batch of 1 gives finite losses"
+            student = f" (the student's BatchNorms take {models}: the loop drops a smaller batch)" if models > 1 else ""
+            return "pass", f"min_batch 1: a batch of {max(need, models)} gives finite losses{student}"
         seen = []
         forward = distiller.forward
         distiller.forward = lambda image, target, *rest: (seen.append(len(target)), forward(image, target, *rest))[1]
@@ -553,11 +556,33 @@ ORDER = ("builds", "knobs", "losses", "gradients", "lowers", "teacher", "checkpo
          "teacher_cache", "ddp", "cuda_graph", "min_batch")
 
 
-def run_battery(name, pairs=DEFAULT_PAIRS, settings=(), ddp=True, workdir=None, cache_dir=None):
-    """[Check] of method `name` (a built-in name or a plugin), in ORDER. `ddp` False leaves the
-    DDP check to the caller (the test suite runs every method's in one spawn: `check_ddp`).
-    `cache_dir`: the teacher caches' folder, which batteries may share (the workspace's teachers
-    and data are the same every time, so is their cache); None: one in the workspace."""
+def method_pairs(name):
+    """The (teacher, student) pairs the battery runs method `name` on by default: the method's own
+    `check_pairs` (DeiT's distilled ViT student), else DEFAULT_PAIRS."""
+    from distillers import method_class
+    return tuple(method_class(name)[0].check_pairs) or DEFAULT_PAIRS
+
+
+def parse_pair(text):
+    """'resnet14:resnet8' or 'resnet14:timm:deit_tiny_distilled_patch16_224' -> (teacher, student):
+    a library's prefix (timm:, torchvision:) stays with its name."""
+    from models.library import LIBRARIES
+    parts, names = text.split(":"), []
+    while parts:
+        part = parts.pop(0)
+        names.append(f"{part}:{parts.pop(0)}" if part in LIBRARIES and parts else part)
+    if len(names) != 2:
+        raise UserError(f"--pairs takes TEACHER:STUDENT (a library model as timm:NAME), got {text}")
+    return tuple(names)
+
+
+def run_battery(name, pairs=None, settings=(), ddp=True, workdir=None, cache_dir=None):
+    """[Check] of method `name` (a built-in name or a plugin), in ORDER, on `pairs` (None: the
+    method's `method_pairs`). `ddp` False leaves the DDP check to the caller (the test suite runs
+    every method's in one spawn: `check_ddp`). `cache_dir`: the teacher caches' folder, which
+    batteries may share (the workspace's teachers and data are the same every time, so is their
+    cache); None: one in the workspace."""
+    pairs = pairs or method_pairs(name)
     root = workdir or tempfile.mkdtemp(prefix="battery_")
     try:
         battery = Battery(name, pairs, settings, Workspace(root, pairs, cache_dir))

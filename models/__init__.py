@@ -82,5 +82,9 @@ def build_model(name, num_classes, image_size=None, kwargs=None, key=None):
     take one), any with the extra constructor arguments `kwargs` (a config's model_*_kwargs)."""
     constructor = get_model(name, key)
     if isinstance(constructor, Constructor):
-        return constructor(num_classes, image_size, **(kwargs or {}))
-    return constructor(num_classes=num_classes, **(kwargs or {}))
+        model = constructor(num_classes, image_size, **(kwargs or {}))
+    else:
+        model = constructor(num_classes=num_classes, **(kwargs or {}))
+    if image_size:
+        model.input_size = image_size  # the side its dry passes probe with (the run's images)
+    return model

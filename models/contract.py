@@ -1,5 +1,6 @@
-"""The classifier contract of every model (the zoo, and torchvision / timm models): what the
-methods that reuse or reshape the classifier (SimKD, CAT-KD, SDD, SRD) read.
+"""The contract of every model (the zoo, and torchvision / timm models) beyond its logits: what
+the methods that reuse or reshape the classifier (SimKD, CAT-KD, SDD, SRD) read, and what the
+heterogeneous methods (OFA-KD) read of a model's stages.
 
     feats, logits, pooled_map = model(x, is_feat=True, pooled_map=True)
     weight, bias = classifier_weights(model)      # [classes, channels], [classes] or None
@@ -12,6 +13,8 @@ is the final layer, whatever the original named it (`fc`, `linear`, `classifier`
 whose head does more than one linear layer on the pooled map (torchvision's MobileNetV3), or that
 has no map (a ViT), gives `reads_pooled_map(model)` False.
 """
+import dataclasses
+
 import torch
 import torch.nn as nn
 
@@ -68,3 +71,42 @@ def smallest_trainable_batch(model, size):
         for hook in hooks:
             hook.remove()
     return 2 if 1 in seen else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class StageLayout:
+    """What a model's stages are: `kind` "cnn" (each stage a B x C x H x W map) or "tokens" (B x L x D,
+    its `prefix` class or distillation tokens first, then the patches); `count` stages."""
+    kind: str
+    prefix: int
+    count: int
+
+
+def stage_layout(model):
+    """The StageLayout of `model`: a library adapter says its own (a timm ViT, MLP-Mixer or Swin is a
+    token model); the zoo's and torchvision's CNNs: their stage maps, feats[1:-1], the 4 deepest."""
+    own = getattr(model, "stage_layout", None)
+    if own is not None:
+        return own()
+    param = next(model.parameters())
+    size = getattr(model, "input_size", 32)
+    with torch.no_grad():
+        was_training = model.training
+        feats, _ = model.eval()(torch.zeros(1, 3, size, size, dtype=param.dtype, device=param.device), is_feat=True)
+        model.train(was_training)
+    return StageLayout("cnn", 0, len(cnn_stages(feats)))
+
+
+def cnn_stages(feats):
+    """The stage maps of a feature list of the zoo's form: after the stem map, before the pooled
+    vector, the 4 deepest."""
+    return [f for f in feats[1:-1] if f.dim() == 4][-4:]
+
+
+def forward_stages(model, image):
+    """(the stage tensors of stage_layout(model), the logits) of one forward pass, in the model's mode."""
+    own = getattr(model, "stage_outputs", None)
+    if own is not None:
+        return own(image)
+    feats, logits = model(image, is_feat=True)
+    return cnn_stages(feats), logits

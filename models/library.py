@@ -122,6 +122,56 @@ def adapt(net, forward_class, **attributes):
 
 class TimmForward:
     preact_features = False
+    ISOTROPIC_STAGES = (2, 4, 10, 12)  # stage ends in twelfths of the blocks: a 12-block ViT's 1, 3, 9, 11 (OFA-KD's)
+
+    def stage_layout(self):
+        """models/contract.py's StageLayout, decided once by what forward_intermediates gives: tokens
+        ('NLC': a ViT or MLP-Mixer, its blocks split as Swin-T's 2-2-6-2; 'NHWC': Swin, its stages),
+        else a CNN (its three deepest resolutions before the last, then the map the classifier pools)."""
+        if getattr(self, "_stage_plan", None) is None:
+            self._stage_plan = self._plan_stages()
+        return self._stage_plan[0]
+
+    @torch.no_grad()
+    def _plan_stages(self):
+        from .contract import StageLayout
+        param = next(self.parameters())
+        size = getattr(self, "input_size", None) or 224
+        probe = torch.zeros(1, 3, size, size, dtype=param.dtype, device=param.device)
+        was_training = self.training
+        self.eval()
+        try:
+            for fmt in ("NLC", "NHWC", "NCHW"):
+                try:
+                    maps = self.forward_intermediates(probe, output_fmt=fmt, intermediates_only=True)
+                except (AssertionError, ValueError):  # a format the model does not give
+                    continue
+                if fmt == "NLC":
+                    depth = len(maps)
+                    indices = sorted({max(0, round(depth * k / 12) - 1) for k in self.ISOTROPIC_STAGES})
+                    prefix = getattr(self, "num_prefix_tokens", 0)
+                    return StageLayout("tokens", prefix, len(indices)), indices, fmt
+                if fmt == "NHWC":
+                    return StageLayout("tokens", 0, min(4, len(maps))), None, fmt
+                return StageLayout("cnn", 0, min(4, len(maps))), None, fmt
+        finally:
+            self.train(was_training)
+
+    def stage_outputs(self, x):
+        """(the stage tensors of stage_layout(), the logits) of one pass through forward_intermediates
+        (norm=False: the blocks' own outputs); a token model's tokens (B, L, D), prefix tokens first."""
+        layout, indices, fmt = self.stage_layout(), *self._stage_plan[1:]
+        if fmt == "NCHW":
+            final, maps = self.forward_intermediates(x, norm=False, output_fmt=fmt)
+            stages = [*maps[-layout.count:-1], final]
+        elif fmt == "NHWC":
+            final, maps = self.forward_intermediates(x, norm=False, output_fmt=fmt)
+            stages = [m.flatten(1, 2) for m in maps[-layout.count:]]
+        else:
+            prefixed = {"return_prefix_tokens": True} if layout.prefix else {}
+            final, maps = self.forward_intermediates(x, indices=indices, norm=False, output_fmt=fmt, **prefixed)
+            stages = [torch.cat([prefix, tokens], dim=1) for tokens, prefix in maps] if layout.prefix else maps
+        return stages, self.forward_head(final)
 
     def forward(self, x, is_feat=False, preact=False, pooled_map=False):
         if preact:

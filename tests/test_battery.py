@@ -3,7 +3,7 @@ by being registered. The 2-rank check runs every method in one spawn."""
 import pytest
 
 from distillers import method_names
-from helper.battery import DEFAULT_PAIRS, Battery, Workspace, check_ddp, exit_status, run_battery, table
+from helper.battery import Battery, Workspace, check_ddp, exit_status, method_pairs, run_battery, table
 
 METHODS = method_names()
 
@@ -24,10 +24,11 @@ def test_every_method_passes_the_battery(method, cache_dir):
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
-    ws = Workspace(str(tmp_path_factory.mktemp("battery_ddp")), DEFAULT_PAIRS[:1])
+    pairs = {method: method_pairs(method)[:1] for method in METHODS}
+    ws = Workspace(str(tmp_path_factory.mktemp("battery_ddp")), sorted({p for first in pairs.values() for p in first}))
     jobs = []
     for method in METHODS:
-        battery = Battery(method, DEFAULT_PAIRS[:1], {}, ws)
+        battery = Battery(method, pairs[method], {}, ws)
         assert battery.builds()[0] == "pass"
         jobs.append((method, battery.cfg_path))
     return check_ddp(jobs)
