@@ -523,8 +523,22 @@ def dump(cfg):
     meaning = docs(cfg)
     lines = []
     for key, value in to_dict(cfg).items():
-        lines.append(f"{key}: {json.dumps(value)}  # {meaning[key]}")  # JSON values are valid YAML
+        lines.append(f"{key}: {yaml_value(value)}  # {meaning[key]}")
     return "\n".join(lines) + "\n"
+
+
+def yaml_value(value):
+    """`value` as JSON (valid YAML) that YAML reads back as it was: a float's exponent gets a mantissa
+    with a point (YAML 1.1 reads 1e-05 as a string, 1.0e-05 as a float)."""
+    if isinstance(value, float):
+        text = json.dumps(value)
+        mantissa, e, exponent = text.partition("e")
+        return f"{mantissa}.0e{exponent}" if e and "." not in mantissa else text
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)}: {yaml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(yaml_value(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def resume_differences(saved, cfg):

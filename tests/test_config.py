@@ -222,3 +222,11 @@ def test_a_run_of_an_older_version_still_resumes(write_cfg):
     crd = load_config(write_cfg(COMMON_ONLY), ["distill", "crd"], "student")
     assert resume_differences(dict(old, distill="crd"), crd) == []
     assert resume_differences(dict(old, distill="crd", nce_k=4096), crd) == ["nce_k: 4096 -> 16384"]
+
+
+def test_config_yaml_reads_back_as_the_config_it_dumps():
+    """A float with an exponent (opt_eps 1e-08) is written so that YAML reads a float back (YAML 1.1
+    reads 1e-08 as a string): a run killed in its first epoch is then recognised as this config's."""
+    cfg = get_cfg_defaults("ofa")
+    cfg.warmup_lr, cfg.min_lr = 5e-7, 1e-5
+    assert yaml.safe_load(dump(cfg)) == to_dict(cfg)
