@@ -30,6 +30,7 @@ from helper.cli import run_main
 from common.errors import UserError
 from helper.grid import (PAPER_FILE, TABLES, VANILLA, diverged, method_folders, pair_models, paper, paper_figure,
                          paper_rows, read_config, read_log, row_name, row_names, run_state, top1)
+from helper.stats import compare, describe, interval
 
 TITLES = {"similar": "Teacher and student of similar architectures",
           "different": "Teacher and student of different architectures"}
@@ -195,8 +196,9 @@ def summarize(values):
 
 
 def format_values(values):
-    mean, std, n = summarize(values)
-    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "") + f" (n={n})"
+    mean, std, n, low, high = interval(values)
+    ci = f"; 95% CI {low:.2f} to {high:.2f}" if low is not None else ""
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "") + f" (n={n}{ci})"
 
 
 def format_cell(values, published):
@@ -263,6 +265,7 @@ def render(root, runs, data, rule, grid):
                   "(`report.py` on an empty folder shows them).", ""]
     for name in datasets:
         lines += render_dataset(name, grid, cells, notes)
+    lines += render_comparisons(cells)
     if unfinished:
         lines += ["## Unfinished runs (not averaged)", "", "| run folder | run | progress |", "|---|---|---|"]
         lines += [f"| `{r.folder}` | {r.label} | {r.reason} |" for r in unfinished]
@@ -335,6 +338,51 @@ def render_dataset(name, grid, cells, notes):
             notes += cell_notes(name, row_label(row, others), column, members)
         lines.append(f"| {row_label(row, others)} | " + " | ".join(texts) + " |")
     return lines + [""]
+
+
+BASELINES = (("kd", "KD"), (VANILLA, "the student alone"))
+
+
+def render_comparisons(cells):
+    """Each method against KD and against the student alone in the same column: the difference of
+    the means, its 95% interval and Welch's t-test (helper/stats.py); no test below 3 runs a side."""
+    lines = []
+    for (table, row, column), members in sorted(cells.items()):
+        if row in ("teacher", VANILLA):
+            continue
+        texts = []
+        for baseline, label in BASELINES:
+            others = cells.get((table, baseline, column), [])
+            if others and baseline != row:
+                texts.append(describe(compare([r.value for r in members], [r.value for r in others]), label))
+        if texts:
+            lines.append(f"| {table.split(':', 1)[-1]} | {column} | {ROW_LABELS.get(row, row)} | {'; '.join(texts)} |")
+    if not lines:
+        return []
+    return ["## Against KD and the student alone", "",
+            "The difference of each method's mean from KD's and from the student alone's in the same column, its "
+            "95% interval (Welch's standard error and degrees of freedom) and the two-sided p-value of Welch's t-test "
+            "(scipy.stats.ttest_ind, equal_var=False); below 3 finished runs on either side no test is made.", "",
+            "| table | column | method | difference |", "|---|---|---|---|", *lines, ""]
+
+
+SIDE_BY_SIDE = ("best", "last", "val")
+
+
+def render_rules(cells):
+    """Each cell under the rules best, last and val (mean ± std, n of the runs the rule reads)."""
+    lines = ["## Rules side by side", "",
+             "Each cell's finished runs read under each rule: best (the best test epoch: the test set chooses), "
+             "last (the final epoch), val (the test top-1 at the best epoch on held-out training images: runs "
+             "with val_split).", "", "| table | column | method | " + " | ".join(SIDE_BY_SIDE) + " |",
+             "|---|---|---|" + "---|" * len(SIDE_BY_SIDE)]
+    for (table, row, column), members in sorted(cells.items()):
+        texts = []
+        for rule in SIDE_BY_SIDE:
+            values = [v for v in (top1(r.log, rule, int(r.config["epochs"])) for r in members) if v is not None]
+            texts.append(format_values(values) if values else "-")
+        lines.append(f"| {table.split(':', 1)[-1]} | {column} | {ROW_LABELS.get(row, row)} | " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def cell_notes(table, row, column, members):
@@ -421,6 +469,9 @@ def parse_args(argv):
                    help="best: best test epoch of each run (as the paper); last: final epoch; val: the test top-1 "
                         "at each run's best validation epoch (runs with val_split); ema_best, ema_last, ema_val: "
                         "the same of the EMA weights (runs with model_ema) (default: best)")
+    p.add_argument("--rules", action="store_true",
+                   help="add each cell under the rules best, last and val side by side (the difference most "
+                        "often mistaken: a paper's best test epoch against another's last)")
     p.add_argument("--out", default=None, help="write the markdown here (default: stdout)")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the test-accuracy curves here")
     p.add_argument("--dataset", default=None, help="only runs on this data set (default: every one, each in its tables)")
@@ -447,6 +498,8 @@ def main(argv=None):
         runs = [r for r in runs if not r.config or r.dataset == args.dataset]
     grid.place(runs)
     text = render(args.root, runs, data, args.rule, grid)
+    if args.rules:
+        text += render_rules(collect(runs))
     if args.out:
         try:
             with open(args.out, "w") as f:

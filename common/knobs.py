@@ -8,7 +8,8 @@ a value its rule refuses is one line before any run folder exists, and the metho
 (helper/battery.py) checks that each rule's `violations` are refused. Two methods that declare
 one name must mean the same thing by it (`Knob.meaning`): share the Knob object. A knob declared
 `variant=True` (logit_stand, ctkd_over, sdd_base) names another method when it leaves its default:
-sweep.py and report.py give such runs a row of their own (helper/grid.py `row_of`).
+sweep.py and report.py give such runs a row of their own (helper/grid.py `row_of`). A knob's `space`
+(`log_range(0.5, 8)`, `linear_range`, `choices`) is where tune.py searches it, from its paper's ranges.
 """
 import dataclasses
 from typing import Any, Callable, Optional
@@ -43,12 +44,43 @@ def one_of(*choices):
 
 
 @dataclasses.dataclass(frozen=True)
+class Space:
+    """Where tune.py searches a knob: `kind` "log" or "linear" (floats in [low, high]), "int" (integers
+    in [low, high]) or "choice" (one of `choices`)."""
+    kind: str
+    low: Any = None
+    high: Any = None
+    choices: tuple = ()
+
+    def suggest(self, trial, name):
+        """The value Optuna's `trial` proposes for the key `name`."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high))
+        return trial.suggest_float(name, float(self.low), float(self.high), log=self.kind == "log")
+
+
+def log_range(low, high):
+    return Space("log", low, high)
+
+
+def linear_range(low, high):
+    return Space("linear", low, high)
+
+
+def choices(*values):
+    return Space("choice", choices=values)
+
+
+@dataclasses.dataclass(frozen=True)
 class Knob:
     name: str
     default: Any
     doc: str
     rule: Optional[Rule] = None
     variant: bool = False  # a value other than the default makes another method of the tables (report.py's rows)
+    space: Optional[Space] = None  # where tune.py searches it (None: it keeps its value)
 
     @property
     def meaning(self):

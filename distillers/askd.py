@@ -20,7 +20,7 @@ Any batch size works: both structures are within a sample.
 import torch.nn as nn
 
 from common.errors import UserError
-from common.knobs import Knob, at_least, non_negative, one_of
+from common.knobs import Knob, at_least, log_range, non_negative, one_of
 
 from .base import Distiller
 from .functional import distance_structure_loss, region_structure_loss
@@ -31,8 +31,8 @@ class ASKD(Distiller):
         Knob("group", "res_last", "ASKD region loss on: res_last (feats[-2]), res_group (feats[1:-1]), "
                                   "target (feats[layer])", one_of("res_last", "res_group", "target")),
         Knob("r", 2, "ASKD: regions per side, at least 2 (clamped to the map size)", at_least(2)),
-        Knob("w_rs", 5.0, "ASKD: weight of the region-structure loss", non_negative),
-        Knob("w_cs", 14.0, "ASKD: weight of the class-structure loss", non_negative),
+        Knob("w_rs", 5.0, "ASKD: weight of the region-structure loss", non_negative, space=log_range(0.5, 50.0)),
+        Knob("w_cs", 14.0, "ASKD: weight of the class-structure loss", non_negative, space=log_range(1.4, 140.0)),
         Knob("layer", 2, "ASKD group target: index of the feature used", non_negative),
     )
 

@@ -40,6 +40,7 @@ class Distiller(nn.Module):
     teacher_train_mode = False  # True: the teacher follows the distiller's mode (BN batch statistics)
     check_settings = {}  # config values the method battery (helper/battery.py) runs it with
     check_pairs = ()     # (teacher, student) pairs the battery runs it on; empty: its default zoo pairs
+    tunes = ()           # common keys besides beta (alpha, kd_T) its own terms read: tune.py searches them
     strong_view = False  # True: each batch of B images holds 2B, the weak views then the strong (MLKD)
     teacher_reads = ("feats", "logits")  # what losses read of the teacher: see the module docstring
     pooled_maps = False  # True: feats_s / feats_t also carry `.pooled_map`, the map each classifier pools

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from common.collectives import all_gather_cat, all_reduce_sum, world_size
-from common.knobs import Knob, in_range, one_of, positive
+from common.knobs import Knob, in_range, log_range, one_of, positive
 
 from .base import Distiller
 from .cc import FEAT_DIM, LinearEmbed
@@ -93,7 +93,7 @@ class CRD(Distiller):
         Knob("mode", "exact", "CRD positive: exact (the sample itself) or relax (a same-class sample)",
              one_of("exact", "relax")),
         Knob("nce_k", 16384, "CRD: negatives per sample", positive),
-        Knob("nce_t", 0.07, "CRD: temperature", positive),
+        Knob("nce_t", 0.07, "CRD: temperature", positive, space=log_range(0.03, 0.3)),
         Knob("nce_m", 0.5, "CRD: momentum of the memory update", in_range(0, 1)),
     )
     # the battery's 128 images have about 126 negatives each; on its one repeated batch the memory

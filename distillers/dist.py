@@ -12,16 +12,19 @@ dist_gamma = 1, weight 2 (beta), cross-entropy weight 1 (gamma).
 Refused: a batch of one (`min_batch` 2): the intra-class relation of one sample is the constant
 dist_gamma * T^2 with no gradient (the original's hook would not even keep its batch axis).
 """
-from common.knobs import Knob, non_negative
+from common.knobs import Knob, log_range, non_negative
 
 from .base import Distiller
 from .functional import softmax_pearson_distance
 
 
 class DIST(Distiller):
+    tunes = ("kd_T",)  # common keys its own terms read (tune.py searches them)
     knobs = (
-        Knob("dist_beta", 1.0, "DIST: weight of the inter-class (per-sample) relation", non_negative),
-        Knob("dist_gamma", 1.0, "DIST: weight of the intra-class (per-class, over the batch) relation", non_negative),
+        Knob("dist_beta", 1.0, "DIST: weight of the inter-class (per-sample) relation", non_negative,
+             space=log_range(0.25, 4.0)),
+        Knob("dist_gamma", 1.0, "DIST: weight of the intra-class (per-class, over the batch) relation", non_negative,
+             space=log_range(0.25, 4.0)),
     )
     needs_feats = False
     teacher_reads = ("logits",)

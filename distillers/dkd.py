@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import UserError
-from common.knobs import Knob, non_negative
+from common.knobs import Knob, linear_range, log_range, non_negative
 
 from .base import LOGIT_STAND, WARMUP_EPOCHS, Distiller, WarmUp
 from .functional import log_binary, standardize
@@ -46,11 +46,14 @@ def dkd_loss(logits_s, logits_t, target, alpha, beta, T):
     return dkd_rows(logits_s, logits_t, target, alpha, beta, T).mean()
 
 
-DKD_ALPHA = Knob("dkd_alpha", 1.0, "DKD: weight of the target-class KL (TCKD)", non_negative)
-DKD_BETA = Knob("dkd_beta", 8.0, "DKD: weight of the non-target-class KL (NCKD)", non_negative)
+DKD_ALPHA = Knob("dkd_alpha", 1.0, "DKD: weight of the target-class KL (TCKD)", non_negative,
+                 space=linear_range(0.5, 2.0))
+DKD_BETA = Knob("dkd_beta", 8.0, "DKD: weight of the non-target-class KL (NCKD)", non_negative,
+                space=log_range(1.0, 16.0))
 
 
 class DKD(Distiller):
+    tunes = ("kd_T",)  # common keys its own terms read (tune.py searches them)
     knobs = (
         DKD_ALPHA,
         DKD_BETA,

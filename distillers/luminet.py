@@ -28,6 +28,7 @@ def batch_standardize(logits, eps=1e-5):
 
 
 class LumiNet(Distiller):
+    tunes = ("kd_T",)  # common keys its own terms read (tune.py searches them)
     knobs = (Knob("luminet_alpha", 31.0, "LumiNet: the KL's scale is luminet_alpha^2", non_negative),
              WARMUP_EPOCHS)
     needs_feats = False

@@ -37,6 +37,7 @@ def correlation_gap(p_s, p_t, dim):
 
 
 class MLKD(Distiller):
+    tunes = ("kd_T",)  # common keys its own terms read (tune.py searches them)
     knobs = (LOGIT_STAND,)
     needs_feats = False
     teacher_reads = ("logits",)

@@ -15,13 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import UserError
-from common.knobs import Knob, non_negative
+from common.knobs import Knob, log_range, non_negative
 
 from .base import Distiller
 
 
 class NKD(Distiller):
-    knobs = (Knob("nkd_gamma", 1.5, "NKD: weight of the normalised non-target term", non_negative),)
+    tunes = ("kd_T",)  # common keys its own terms read (tune.py searches them)
+    knobs = (Knob("nkd_gamma", 1.5, "NKD: weight of the normalised non-target term", non_negative,
+                   space=log_range(0.5, 8.0)),)
     needs_feats = False
     teacher_reads = ("logits",)
 

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.errors import UserError
-from common.knobs import Knob, Rule, positive
+from common.knobs import Knob, Rule, linear_range, log_range, positive
 from models.contract import forward_stages, stage_layout
 
 from .base import Distiller
@@ -155,8 +155,10 @@ class OFA(Distiller):
         Knob("ofa_stage", [1.0, 2.0, 3.0, 4.0], "OFA-KD: the student's stages that get a projector head", stages_rule),
         Knob("ofa_eps", [1.0], "OFA-KD: target enhancement exponent, one value or one per stage and last the "
                                "logits'", eps_rule),
-        Knob("ofa_temperature", 1.0, "OFA-KD: the temperature of its loss (no T^2)", positive),
-        Knob("ofa_loss_weight", 1.0, "OFA-KD: the weight of its stage heads' losses (beta weighs all)", positive),
+        Knob("ofa_temperature", 1.0, "OFA-KD: the temperature of its loss (no T^2)", positive,
+             space=linear_range(1.0, 8.0)),
+        Knob("ofa_loss_weight", 1.0, "OFA-KD: the weight of its stage heads' losses (beta weighs all)", positive,
+             space=log_range(0.1, 10.0)),
     )
     teacher_reads = ("logits",)
     check_settings = {"ofa_stage": [1.0, 2.0, 3.0]}  # the zoo's CIFAR ResNets have three stages

@@ -16,7 +16,7 @@ space (as DKD's here), the original's sum-then-log without its underflow. Any ba
 """
 import torch.nn.functional as F
 
-from common.knobs import Knob, non_negative, positive
+from common.knobs import Knob, log_range, non_negative, positive
 
 from .base import WARMUP_EPOCHS, Distiller, WarmUp
 from .functional import hinton_kd, log_binary
@@ -33,9 +33,12 @@ def rld_loss(logits_s, logits_t, target, alpha, beta, T, alpha_T):
 
 
 class RLD(Distiller):
+    tunes = ("kd_T",)  # common keys its own terms read (tune.py searches them)
     knobs = (
-        Knob("rld_alpha", 1.0, "RLD: weight of the sample-confidence term (SCD)", non_negative),
-        Knob("rld_beta", 8.0, "RLD: weight of the masked-correlation term (MCD)", non_negative),
+        Knob("rld_alpha", 1.0, "RLD: weight of the sample-confidence term (SCD)", non_negative,
+             space=log_range(0.25, 4.0)),
+        Knob("rld_beta", 8.0, "RLD: weight of the masked-correlation term (MCD)", non_negative,
+             space=log_range(1.0, 16.0)),
         Knob("rld_alpha_T", 1.0, "RLD: temperature of SCD (the README's --same-t: equal to kd_T)", positive),
         WARMUP_EPOCHS,
     )

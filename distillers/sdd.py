@@ -76,6 +76,7 @@ def nkd_rows(s, t, target, T, gamma):
 
 
 class SDD(Distiller):
+    tunes = ("kd_T",)  # common keys its own terms read (tune.py searches them)
     knobs = (
         Knob("sdd_scales", "1,2", "SDD: pyramid levels of the pooled map (its --M)", one_of("1", "1,2", "1,2,4")),
         Knob("sdd_base", "kd", "SDD: the logit loss of each region", one_of("kd", "dkd", "nkd"), variant=True),

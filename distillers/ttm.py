@@ -13,11 +13,12 @@ them for every pair. Any batch size works.
 """
 import torch.nn.functional as F
 
-from common.knobs import Knob, positive
+from common.knobs import Knob, linear_range, positive
 
 from .base import Distiller
 
-TTM_L = Knob("ttm_l", 0.1, "TTM/WTTM: the power l of the transformed teacher p_t^l (1: KD at T 1)", positive)
+TTM_L = Knob("ttm_l", 0.1, "TTM/WTTM: the power l of the transformed teacher p_t^l (1: KD at T 1)", positive,
+             space=linear_range(0.05, 0.5))
 
 
 def transformed_teacher_kl(logits_s, logits_t, l):

@@ -208,7 +208,7 @@ class Session:
                             f"{need * self.ctx.world_size} or more, or a larger input")
         return need
 
-    def train(self, student, teacher):
+    def train(self, student, teacher, on_evaluated=None):
         from distillers import build
         targets = torch.as_tensor(self.train_loader.dataset.targets)
         distiller = build(self.cfg, student, teacher, targets).to(self.device)
@@ -225,7 +225,7 @@ class Session:
             self.open_run_folder()
             trainer = Trainer(self.cfg, distiller, self.train_loader, self.test_loader, self.run,
                               self.logger, self.device, self.ctx, val_loader=self.val_loader, min_batch=min_batch,
-                              num_classes=self.spec.num_classes)
+                              num_classes=self.spec.num_classes, on_evaluated=on_evaluated)
             return trainer.fit(self.run.resume_state)
         finally:
             if self.logger is not None:
@@ -234,9 +234,10 @@ class Session:
             distributed.shutdown()
 
 
-def distil(cfg_path, overrides=()):
+def distil(cfg_path, overrides=(), on_evaluated=None):
     """train_student.py: load the teacher, report its test accuracy, build the student, train;
-    returns the best test top-1."""
+    returns the best test top-1. `on_evaluated(epoch, val_top1)`: called after each evaluated epoch
+    with the validation score alone (val_split; tune.py's pruning)."""
     session = Session(cfg_path, overrides, script="student")
     cfg = session.cfg
     teacher = build_teacher(session)
@@ -247,7 +248,7 @@ def distil(cfg_path, overrides=()):
     if warning:
         session.log(warning)
     student = session.build_model(cfg.model_s, cfg.model_s_kwargs)
-    return session.train(student, teacher)
+    return session.train(student, teacher, on_evaluated)
 
 
 def build_teacher(session, weights=True):

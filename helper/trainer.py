@@ -191,13 +191,14 @@ class Trainer:
     """Runs the epochs of one run folder (`run`: see helper/run.py) for one distiller."""
 
     def __init__(self, cfg, distiller, train_loader, test_loader, run, logger, device,
-                 ctx=distributed.Context(), val_loader=None, min_batch=1, num_classes=None):
+                 ctx=distributed.Context(), val_loader=None, min_batch=1, num_classes=None, on_evaluated=None):
         self.cfg, self.distiller, self.run, self.logger, self.device = cfg, distiller, run, logger, device
         # a final batch smaller than this is dropped: the method's losses or the models' BatchNorms
         # (helper/session.py `min_batch`) are not defined on it
         self.min_batch = max(distiller.min_batch, min_batch)
         self.train_loader, self.test_loader, self.ctx = train_loader, test_loader, ctx
         self.val_loader = val_loader  # the held-out images (val_split): the best checkpoint is chosen on them
+        self.on_evaluated = on_evaluated  # (epoch, val top-1) after each evaluated epoch: tune.py's pruning
         self.model = distiller  # what the steps call: the DDP wrapper when there are several ranks
         if ctx.enabled:
             self.model = distributed.wrap(distiller, device)
@@ -552,3 +553,5 @@ class Trainer:
             write_peak_memory(self.run.path, self.device)
         self.logger.epoch(epoch, {"lr": lr, **stats, **tested, ("best_val_acc" if val is not None else "best_acc"):
                                   self.best_acc, "seconds": round(train_seconds, 2)})
+        if self.on_evaluated is not None and val is not None:  # the validation score alone, never the test's
+            self.on_evaluated(epoch, val["top1"])

@@ -88,14 +88,16 @@ def test_cells_mean_std_paper_and_difference(tmp_path):
     assert code == 0, out
     kd = rows_of(out)["KD"]
     # resnet32x4_resnet8x4 is the third pair of the similar table; the paper: 74.54
-    assert kd[2] == "72.00 ± 2.00 (n=3); paper 74.54; Δ -2.54"
+    assert kd[2] == "72.00 ± 2.00 (n=3; 95% CI 67.03 to 76.97); paper 74.54; Δ -2.54"
     assert kd[0] == "paper 73.73"
     assert "Rule: **best**" in out and "The paper's figures use the rule **best**" in out
 
     code, out = call([str(tmp_path), "--rule", "last"])
     assert code == 0, out
     mean, std = statistics.fmean([69.0, 71.5, 73.5]), statistics.stdev([69.0, 71.5, 73.5])
-    assert rows_of(out)["KD"][2] == f"{mean:.2f} ± {std:.2f} (n=3); paper 74.54; Δ {round(mean, 2) - 74.54:+.2f}"
+    low, high = __import__("scipy").stats.t.interval(0.95, 2, loc=mean, scale=std / 3 ** 0.5)
+    assert rows_of(out)["KD"][2] == (f"{mean:.2f} ± {std:.2f} (n=3; 95% CI {low:.2f} to {high:.2f}); paper 74.54; "
+                                     f"Δ {round(mean, 2) - 74.54:+.2f}")
     assert "Rule: **last**" in out
 
 
@@ -273,7 +275,7 @@ def test_report_of_real_runs(real_runs, tmp_path):
     mean, std = statistics.fmean(vanilla), statistics.stdev(vanilla)
     rows, columns = dataset_rows(md, "synthetic")   # synthetic data: the table of its own, not the paper's
     assert columns == ["resnet110 → resnet20"] and "## Teacher and student of" not in md
-    assert rows["Student (vanilla)"] == [f"{mean:.2f} ± {std:.2f} (n=2)"]
+    assert rows["Student (vanilla)"][0].startswith(f"{mean:.2f} ± {std:.2f} (n=2; 95% CI ")
     assert rows["KD"] == [f"{max(f['test_acc'] for f in read_log(str(real_runs / 'kd_0')).values()):.2f} (n=1)"]
     assert f"| `{real_runs / 'vanilla_2'}` | vanilla resnet20 | epoch 2 of 2 |" in md   # logged 2, saved 1
     code, text = call([str(real_runs), "--rule", "last"])
