@@ -22,7 +22,7 @@ not here.
 Over DKD the masked teacher probability is exactly 0, and the original's `kl_div` then gives theta
 a NaN gradient with today's PyTorch; so does its KD at a temperature small enough (about 0.2 and
 below) for the teacher's softmax to underflow. Here the teacher side is in log space and such an
-entry's gradient is its limit, 0 (README, departures). Refused: ctkd_t_start <= 0 (T could reach 0).
+entry's gradient is its limit, 0 (docs/departures.md). Refused: ctkd_t_start <= 0 (T could reach 0).
 """
 import math
 

@@ -20,7 +20,7 @@ value or one per stage plus the last for the logits.
   student's pre-logit width and 4 heads (LayerNorm eps 1e-5, timm 0.6.5's), the class token (or,
   without one, the mean of the tokens), a linear layer. The class token is kept apart from the
   mergings, as the original's TokenFnContext intends (under timm 0.6.5, whose ViT has no
-  `num_tokens`, its code merges the class token as a patch: README, departures).
+  `num_tokens`, its code merges the class token as a patch: docs/departures.md).
 The projectors' keys and shapes are the original's (`projector.<stage>.` + its ModuleDict's), and
 their initial values follow its `init_weights`. With Mixup's soft labels m is the one-hot of their
 largest entry, as there. Refused: a stage the student lacks, an eps list of another length, a

@@ -24,7 +24,7 @@ from common.errors import UserError
 from common.knobs import declared_knobs
 from common.resolve import add_plugin_paths
 
-# (key, default, one-line meaning). The order is the order of `config.yaml` and of the README.
+# (key, default, one-line meaning). The order is the order of `config.yaml` and of docs/config.md.
 KEYS = [
     # -- the paper's keys: run and schedule
     ("print_freq", 100, "print a progress line every this many steps (when not on a TTY)"),
@@ -41,7 +41,7 @@ KEYS = [
     ("weight_decay", 5e-4, "SGD weight decay"),
     ("momentum", 0.9, "SGD momentum"),
     ("dataset", "cifar100", "cifar100, cifar10 (downloaded when missing), tiny_imagenet, imagenet, imagefolder "
-                            "(put in data_dir), synthetic (generated), or a plugin: README, Data sets"),
+                            "(put in data_dir), synthetic (generated), or a plugin: docs/datasets.md"),
     ("data_dir", "", "folder of the data set's files; empty: ./data/<dataset>"),
     ("save_folder", "", "run folder; empty: ./save/<teacher_model|student_model>/<derived name>"),
     # -- the paper's keys: models and method
@@ -56,7 +56,7 @@ KEYS = [
     ("teacher_input_size", 0, "train_student.py: resize the images (on the device, bilinear) to this side before "
                               "the teacher, e.g. 224 for an ImageNet-sized ViT teacher over 32-pixel CIFAR; 0: as "
                               "they are"),
-    ("distill", "kd", "method: a name of the README's method table, or a plugin (vanilla for teachers)"),
+    ("distill", "kd", "method: a name of docs/methods.md, or a plugin (vanilla for teachers)"),
     ("gamma", 1.0, "weight of the cross-entropy loss"),
     ("alpha", 0.0, "weight of Hinton's KD loss"),
     ("beta", 0.0, "weight of the method's own loss"),
@@ -68,7 +68,7 @@ KEYS = [
     ("dot_delta", 0.075, "DOT: task momentum = momentum - dot_delta, distillation momentum = momentum + dot_delta"),
     ("opt_eps", 1e-8, "adamw: its eps"),
     ("opt_betas", [], "adamw: its betas, e.g. 0.9,0.999; empty: the optimizer's"),
-    # -- timm's training recipe (README, Training recipes); the defaults are the CRD protocol
+    # -- timm's training recipe (docs/recipes.md); the defaults are the CRD protocol
     ("lr_schedule", "step", "step: lr_decay_rate at each of lr_decay_epochs (the CRD protocol); cosine: timm's "
                             "CosineLRScheduler (create_scheduler_v2) from learning_rate to min_lr over the epochs"),
     ("lr_warmup_epochs", 0, "cosine: epochs of linear warm-up from warmup_lr (timm's warmup_epochs)"),
@@ -120,7 +120,7 @@ KEYS = [
     ("teacher_cache", "off", "train_student.py on the fast path: off, auto (./save/teacher_cache) or a folder "
                              "where the teacher's logits (and pooled embedding) of every crop and flip of every "
                              "training image are built once and read instead of running the teacher; for the "
-                             "methods that read nothing else of it (README, Speed)"),
+                             "methods that read nothing else of it (docs/speed.md)"),
     ("sync_bn", False, "DDP on CUDA: convert BatchNorm to SyncBatchNorm"),
     ("ddp_init_timeout", 300, "DDP: seconds a process waits for its process group to form (at a torchrun restart "
                               "too) before it exits with an error, so that torchrun's next restart proceeds"),
@@ -129,7 +129,7 @@ KEYS = [
                        "choose the best checkpoint on it instead of the test set; 0: the papers' protocol"),
     ("eval_freq", 1, "evaluate every this many epochs (1: every epoch, the protocol); the last epoch always; "
                      "the best checkpoint only among evaluated epochs"),
-    # -- plugins: code outside this repository (README, Your own method)
+    # -- plugins: code outside this repository (docs/extending.md)
     ("plugin_path", "", "folders (comma-separated) searched first for PACKAGE.MODULE:NAME plugins; the "
                         "working directory always is"),
     ("plugins", {}, "written by the loader, not a setting: the source file and sha256 of each plugin the run "

@@ -85,7 +85,7 @@ def round_store(timeout):
     if nodes > 1 and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
         raise UserError(f"torchrun with restarts on {nodes} nodes: launch it with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
                         f"on every node (its shared store keeps a failed round's keys, which the next round "
-                        f"would read: README, Several GPUs)")
+                        f"would read: docs/clusters.md)")
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                           timeout=datetime.timedelta(seconds=timeout))
     return dist.PrefixStore(f"askd/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)

@@ -29,7 +29,7 @@ def check_recipe(cfg, world_size):
     if cfg.mixup or cfg.cutmix:
         if method.reads_labels(cfg):
             raise UserError(f"method '{cfg.distill}' reads the batch's labels, which Mixup and CutMix make soft "
-                            f"(README, Training recipes): set mixup 0 and cutmix 0, or choose another method")
+                            f"(docs/recipes.md): set mixup 0 and cutmix 0, or choose another method")
         if (cfg.batch_size // world_size) % 2:
             raise UserError(f"Mixup and CutMix pair the images of each process's batch, but batch_size "
                             f"{cfg.batch_size} gives {cfg.batch_size // world_size} to each of {world_size} "
@@ -189,7 +189,7 @@ class Session:
             behind = f" (resized to {size}x{size}: teacher_input_size)" if size and size != side else ""
             raise UserError(f"model {name} cannot take the {side}x{side} images of {self.spec.name}{behind} "
                             f"({str(e).splitlines()[0][:120]}): use a model whose pooling adapts to the "
-                            f"input size, or build it for this size (README, Data sets)") from None
+                            f"input size, or build it for this size (docs/datasets.md)") from None
         finally:
             model.train(was_training)
 

@@ -21,7 +21,7 @@ SKIPPED = {"save", "data", "runs", "build", ".git", "__pycache__", ".pytest_cach
 
 @dataclasses.dataclass
 class Command:
-    where: str          # README.md:LINE, or the script's -h
+    where: str          # PAGE:LINE (the README or docs/), or the script's -h
     cwd: str            # relative to the repository's root
     argv: list          # the script (relative to cwd) and its arguments
     env: dict = dataclasses.field(default_factory=dict)
@@ -47,12 +47,28 @@ def readme_lines(text):
         yield None, None  # the end of a block: a `cd` holds no further
 
 
+def pages():
+    """The README and every page of docs/ (relative paths)."""
+    return ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
+                                  if f.endswith(".md"))
+
+
 def readme_commands():
-    """The README's invocations of the three scripts (each command of an `&&` chain; after a `cd`,
-    from that folder; a torchrun line as its rank 0), and the local packages it pip-installs."""
+    """The invocations of the three scripts in the README's and docs/'s code blocks (each command of
+    an `&&` chain; after a `cd`, from that folder; a torchrun line as its rank 0), and the local
+    packages they pip-install."""
+    commands, packages = [], []
+    for page in pages():
+        with open(os.path.join(ROOT, page)) as f:
+            found, installed = page_commands(page, f.read())
+        commands += found
+        packages += [p for p in installed if p not in packages]
+    return commands, packages
+
+
+def page_commands(page, text):
     commands, packages, cwd = [], [], "."
-    with open(os.path.join(ROOT, "README.md")) as f:
-        lines = list(readme_lines(f.read()))
+    lines = list(readme_lines(text))
     for number, line in lines:
         if line is None:
             cwd = "."
@@ -75,7 +91,7 @@ def readme_commands():
             if "torchrun" in launcher:
                 processes = re.search(r"--nproc[_-]per[_-]node[= ](\d+)", launcher).group(1)
                 env.update(WORLD_SIZE=processes, RANK="0", LOCAL_RANK="0")
-            commands.append(Command(f"README.md:{number}", cwd, words[script:], env))
+            commands.append(Command(f"{page}:{number}", cwd, words[script:], env))
     return commands, packages
 
 

@@ -142,19 +142,22 @@ def test_defaults_are_fresh_copies():
     assert yaml.safe_load(dump(b))["lr_decay_epochs"] == [150, 180, 210]
 
 
-def test_readme_documents_every_key():
+def config_page():
     import os
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    return open(os.path.join(os.path.dirname(__file__), "..", "docs", "config.md")).read()
+
+
+def test_the_config_reference_documents_every_key():
+    readme = config_page()
     missing = [key for key, _, _ in KEYS if f"| `{key}` |" not in readme]
-    assert not missing, f"README's key table lacks {missing}"
+    assert not missing, f"docs/config.md's key table lacks {missing}"
 
 
-def test_readme_distill_row_lists_every_registered_name_aliases_beside_their_method():
-    import os
+def test_the_distill_row_lists_every_registered_name_aliases_beside_their_method():
     import re
 
     from distillers import METHODS, distiller_names, method_names
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    readme = config_page()
     meaning = re.search(r"^\| `distill` \| `\w+` \| (.*) \|$", readme, re.M).group(1)
     assert set(re.findall(r"`(\w+)`", meaning)) == set(distiller_names())
     for name in method_names():
@@ -171,16 +174,15 @@ def test_text_keys_keep_what_was_typed(write_cfg):
     assert cfg.amp == "off"
 
 
-def test_readme_lists_each_methods_knobs_as_declared():
-    import os
+def test_the_config_reference_lists_each_methods_knobs_as_declared():
     import re
 
     from common.knobs import declared_knobs
     from distillers import METHODS, method_names
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
-    section = readme[readme.index("### Each method's knobs"):]
-    rows = set(re.findall(r"^\| `(\w+)` \| `(\w+)` \| `([^`]*)` \| (.*?) \| (.*?) \|$", section, re.M))
-    declared = {(name, k.name, str(k.default), k.doc, k.rule.text if k.rule else "")
+    section = config_page()[config_page().index("## Each method's knobs"):]
+    rows = set(re.findall(r"^\| `(\w+)` \| `(\w+)` \| `([^`]*)` \| (.*?) \| (.*?) \| .*?\|$", section, re.M))
+    shown = lambda v: ",".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
+    declared = {(name, k.name, shown(k.default) or "''", k.doc, k.rule.text if k.rule else "")
                 for name in method_names() for k in declared_knobs(METHODS[name]).values()}
     assert rows == declared, (rows - declared, declared - rows)
 

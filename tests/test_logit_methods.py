@@ -226,7 +226,7 @@ def test_ctkd_temperature_moves_as_the_originals_in_one_sgd_step(case, logits):
 
 # each method with its shipped recipe's weights (warm-ups of 1 epoch: the task has 10); CTKD with
 # cross-entropy weight 1: at its recipe's 0.1 it ties the student alone here, as KD at 0.1 does
-# (README, The methods)
+# (docs/methods.md)
 DATA_POOR = {
     "dist": dict(distill="dist", beta=2.0, kd_T=4),
     "nkd": dict(distill="nkd", beta=1.0, kd_T=3, nkd_gamma=3.5),
