@@ -381,7 +381,8 @@ def render_rules(cells):
         for rule in SIDE_BY_SIDE:
             values = [v for v in (top1(r.log, rule, int(r.config["epochs"])) for r in members) if v is not None]
             texts.append(format_values(values) if values else "-")
-        lines.append(f"| {table.split(':', 1)[-1]} | {column} | {ROW_LABELS.get(row, row)} | " + " | ".join(texts) + " |")
+        label = ROW_LABELS.get(row, row)
+        lines.append(f"| {table.split(':', 1)[-1]} | {column} | {label} | " + " | ".join(texts) + " |")
     return "\n".join(lines) + "\n"
 
 

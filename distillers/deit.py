@@ -40,7 +40,8 @@ def deit_distillation(dist_logits, logits_t, kind, tau):
 class DeiT(Distiller):
     knobs = (
         Knob("deit_distillation", "hard", "DeiT: what the distillation head learns of the teacher, none, soft "
-                                          "(its softmax at deit_tau) or hard (its argmax)", one_of("none", "soft", "hard")),
+                                          "(its softmax at deit_tau) or hard (its argmax)",
+             one_of("none", "soft", "hard")),
         Knob("deit_alpha", 0.5, "DeiT: the distillation head's share of the loss, the class head's 1 - deit_alpha",
              Rule(lambda v: 0 <= v <= 1, "in [0, 1]", (-0.1, 1.1)), space=linear_range(0.1, 0.9)),
         Knob("deit_tau", 1.0, "DeiT: the temperature of soft distillation", positive, space=linear_range(1.0, 8.0)),

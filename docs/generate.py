@@ -80,7 +80,8 @@ def methods():
     for name in method_names():
         cls = METHODS[name]
         aliases = [a for a in distiller_names() if METHODS[a] is cls and a != name]
-        title = f"### `{name}`" + (f" ({', '.join(f'`{a}`' for a in aliases)})" if aliases else "") + f": {cls.__name__}"
+        named = f" ({', '.join(f'`{a}`' for a in aliases)})" if aliases else ""
+        title = f"### `{name}`{named}: {cls.__name__}"
         facts = [f"reads of the teacher: {', '.join(cls.teacher_reads)}" +
                  (" (the teacher cache may serve it)" if "feats" not in cls.teacher_reads else "")]
         if cls.min_batch > 1:
@@ -115,7 +116,8 @@ def models():
         classes = {224: 1000, 64: 200}.get(size, 100)
         model = constructor(num_classes=classes)
         count = sum(p.numel() for p in model.parameters())
-        rows.append(f"| `{name}` | {count:,} | {classes} | {size} | `{os.path.relpath(inspect.getfile(type(model)), ROOT)}` |")
+        source = os.path.relpath(inspect.getfile(type(model)), ROOT)
+        rows.append(f"| `{name}` | {count:,} | {classes} | {size} | `{source}` |")
     return "\n".join(rows)
 
 

@@ -393,9 +393,12 @@ def validate(cfg, script, knobs=None):
 def _check_recipe(cfg):
     """The recipe keys (helper/recipe.py, dataset/timm_transform.py): values timm refuses, and keys that
     would do nothing in this config."""
-    for key, low, high, text in (("label_smoothing", 0, 1, "in [0, 1)"), ("mixup_prob", 0, 1.01, "in [0, 1]"),
-                                 ("mixup_switch_prob", 0, 1.01, "in [0, 1]"), ("model_ema_decay", 1e-12, 1, "in (0, 1)")):
-        if not low <= cfg[key] < high or cfg[key] > 1:
+    ranges = {"label_smoothing": (0 <= cfg.label_smoothing < 1, "in [0, 1)"),
+              "mixup_prob": (0 <= cfg.mixup_prob <= 1, "in [0, 1]"),
+              "mixup_switch_prob": (0 <= cfg.mixup_switch_prob <= 1, "in [0, 1]"),
+              "model_ema_decay": (0 < cfg.model_ema_decay < 1, "in (0, 1)")}
+    for key, (holds, text) in ranges.items():
+        if not holds:
             raise UserError(f"'{key}' must be {text}, got {cfg[key]}")
     if cfg.opt_eps <= 0:
         raise UserError(f"'opt_eps' must be positive, got {cfg.opt_eps}")

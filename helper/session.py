@@ -202,9 +202,9 @@ class Session:
         per_rank = self.cfg.batch_size // self.ctx.world_size
         if per_rank < need:
             where = f" per process ({self.ctx.world_size} processes)" if self.ctx.enabled else ""
-            raise UserError(f"a BatchNorm of {type(distiller.student).__name__} in training mode sees a single value per "
-                            f"channel for one {self.spec.image_size}-pixel image, so it needs batches of {need}{where}, "
-                            f"but batch_size {self.cfg.batch_size} gives {per_rank}: set batch_size "
+            raise UserError(f"a BatchNorm of {type(distiller.student).__name__} in training mode sees a single value "
+                            f"per channel for one {self.spec.image_size}-pixel image, so it needs batches of "
+                            f"{need}{where}, but batch_size {self.cfg.batch_size} gives {per_rank}: set batch_size "
                             f"{need * self.ctx.world_size} or more, or a larger input")
         return need
 
