@@ -20,8 +20,9 @@ NOT_APPLICABLE = {"r34_r18": set(), "r50_mv1": {"FSP", "KDSVD"}}
 CHEAP_PROBE = 64   # input side of the dry forward passes below (the models' own is 224)
 
 
-# the logit baselines of 2022-2025 papers, CAT-KD, SDD and SimKD ship CIFAR-100 configs only (docs/getting-started.md)
-CIFAR_ONLY = {"DIST", "CTKD", "NKD", "TTM", "WTTM", "RLD", "LumiNet", "MLKD", "CATKD", "SDD", "SimKD"}
+# the logit baselines of 2022-2025 papers, CAT-KD, SDD, SimKD, OFA-KD and DeiT ship CIFAR-100 configs only
+# (docs/getting-started.md, docs/methods.md)
+CIFAR_ONLY = {"DIST", "CTKD", "NKD", "TTM", "WTTM", "RLD", "LumiNet", "MLKD", "CATKD", "SDD", "SimKD", "OFA", "DeiT"}
 
 
 def test_every_method_has_a_file_per_pair():

@@ -339,3 +339,13 @@ def test_the_shipped_recipes_run_two_short_epochs(script, name, teacher, tmp_pat
     assert code == 0, out + err
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "\nepoch 2 " in log and "nan" not in log.split("\nepoch 1 ")[1]
+
+
+def test_mixup_and_cutmix_train_on_the_fast_path(synthetic_dir, tmp_path, write_cfg):
+    """The fast path's device batches are mixed as the plain path's (the recipe mixes in the loop)."""
+    cfg = tiny_config(synthetic_dir, str(tmp_path / "run"), fast=True, mixup=0.8, cutmix=1.0, label_smoothing=0.1,
+                      optimizer="adamw", learning_rate=1e-3, lr_schedule="cosine", model_ema=True)
+    code, out, err = run_script("train_teacher.py", write_cfg(cfg))
+    assert code == 0, out + err
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "\nepoch 2 " in log and "nan" not in log and " ema_test_acc " in log

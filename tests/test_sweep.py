@@ -107,7 +107,7 @@ def test_report_of_the_sweep(swept, tmp_path):
     rows = {line.split("|")[1].strip(): line for line in part.splitlines() if line.startswith("| ")}
     assert "| | resnet110 → resnet20 |" in part and "## Teacher and student of" not in text
     for row in ("ASKD (ours)", "Student (vanilla)"):
-        assert rows[row].count("(n=2)") == 1, rows[row]
+        assert rows[row].count("(n=2; 95% CI ") == 1, rows[row]
 
 
 def test_failed_run_is_reported_with_its_error(tiny, monkeypatch):
