@@ -127,7 +127,7 @@ class Study:
         handle = self.lock()
         try:
             self.retry_orphans()
-            if self.count(FINISHED + ("RUNNING", "WAITING")) - self.count(("WAITING",)) >= self.trials:
+            if self.count(FINISHED + ("RUNNING",)) >= self.trials:  # a WAITING retry is asked next, not counted
                 return None
             trial = self.study.ask()
             trial.set_user_attr("worker", worker_id())
