@@ -15,7 +15,8 @@ each trial an ordinary run folder, chosen on the held-out images alone.
   beside the storage, so that several workers never run more than `trials`. A trial left running by
   a worker that died (its process gone on this host, or the requeued Slurm task itself) is marked
   failed and asked again with its parameters: its run folder resumes from latest.pth, so no training
-  is lost and no trial is counted twice.
+  is lost and no trial is counted twice. A worker stopped by a signal (Ctrl-C, SIGTERM, a cluster's
+  warning) does the same for its trial, then ends.
 - At the end: `best.yaml` (the method's config as its base, the best values over it) in the study's
   folder, and with `rerun` N seeds of it on the whole training set (val_split 0), their test top-1.
 """
@@ -139,13 +140,15 @@ class Study:
         """Mark failed the trials left running by a dead worker, and ask each again (its parameters,
         its run folder: the run resumes)."""
         optuna = require_optuna()
-        study_id = self.storage.get_study_id_from_name(self.name)
         for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             if orphaned(trial.user_attrs.get("worker")):
-                trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-                self.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
-                folder = trial.user_attrs.get("run_folder", self.run_folder(trial.number))
-                self.study.enqueue_trial(trial.params, user_attrs={"run_folder": folder, "resumes": trial.number})
+                self.ask_again(trial, trial.user_attrs.get("run_folder", self.run_folder(trial.number)))
+
+    def ask_again(self, trial, folder):
+        """Mark a trial failed and ask it again: its parameters, its run folder (the run resumes).
+        Under the storage's lock."""
+        self.study.tell(trial.number, state=require_optuna().trial.TrialState.FAIL)
+        self.study.enqueue_trial(trial.params, user_attrs={"run_folder": folder, "resumes": trial.number})
 
     def run_folder(self, number):
         return os.path.join(self.folder, f"trial_{number}")
@@ -154,6 +157,7 @@ class Study:
         """Train the trial's config, reporting each epoch's validation top-1; tell the study the outcome."""
         optuna = require_optuna()
         from .session import distil
+        from .trainer import Interrupted
         values = {key: space.suggest(trial, key) for key, space in self.space.items()}
         folder = trial.user_attrs.get("run_folder") or self.run_folder(trial.number)
         trial.set_user_attr("run_folder", folder)
@@ -177,6 +181,13 @@ class Study:
         except optuna.TrialPruned:
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return "pruned", best[0]
+        except Interrupted:  # a stop signal ends this worker; the next one resumes the trial's run folder
+            handle = self.lock()
+            try:
+                self.ask_again(trial, folder)
+            finally:
+                handle.close()
+            raise
         except UserError as e:  # (a finished run: its folder refuses; its record says why)
             trial.set_user_attr("error", str(e))
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -103,7 +103,10 @@ def test_a_study_without_val_split_is_refused_in_one_line(synthetic_dir, teacher
     assert not (tmp_path / "save" / "synthetic").exists()
 
 
-def test_a_killed_study_resumes_its_trial_and_runs_no_trial_twice(synthetic_dir, teacher_file, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
+def test_a_killed_study_resumes_its_trial_and_runs_no_trial_twice(synthetic_dir, teacher_file, tmp_path, stop):
+    """SIGKILL leaves the trial running for the next worker to find orphaned; SIGTERM ends the worker
+    (never going on to another trial) with the trial asked again."""
     configs, save = tree(tmp_path / "cfg", synthetic_dir, teacher_file, epochs=3), tmp_path / "save"
     command = [sys.executable, os.path.join(ROOT, "tune.py"), *args(configs, save, "--methods", "kd_tiny",
                                                                      "--trials", "2", "--pruner", "none")]
@@ -113,8 +116,8 @@ def test_a_killed_study_resumes_its_trial_and_runs_no_trial_twice(synthetic_dir,
     while not log.exists() or "\nepoch 1 " not in log.read_text():
         assert process.poll() is None and time.time() < deadline, process.stdout.read()
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.send_signal(stop)
+    assert process.wait(timeout=120) in (-signal.SIGKILL, 128 + signal.SIGTERM), process.stdout.read()
     code, out = call_cli(tune, args(configs, save, "--methods", "kd_tiny", "--trials", "2", "--pruner", "none"))
     assert code == 0, out
     trials = study_trials(save)
