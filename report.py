@@ -189,12 +189,6 @@ def load_run(folder, rule):
 
 # ----------------------------------------------------------------------------- the tables
 
-def summarize(values):
-    """(mean, sample std or None, n)."""
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else None), len(values)
-
-
 def format_values(values):
     mean, std, n, low, high = interval(values)
     ci = f"; 95% CI {low:.2f} to {high:.2f}" if low is not None else ""
@@ -207,7 +201,7 @@ def format_cell(values, published):
         return "; ".join(text + ["paper N/A"]) if values else "N/A"
     text.append(f"paper {published:.2f}")
     if values:
-        text.append(f"Δ {round(summarize(values)[0], 2) - published:+.2f}")
+        text.append(f"Δ {round(statistics.fmean(values), 2) - published:+.2f}")
     return "; ".join(text)
 
 
